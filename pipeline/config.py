@@ -118,12 +118,108 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def load_section(path: str | Path, section: str, cls: type) -> Any:
-    """Load ``section`` of a params.yaml file as dataclass ``cls`` (dotted path for nesting)."""
+def read_section(path: str | Path, section: str) -> dict[str, Any]:
+    """The plain data of ``section`` (dotted path for nesting) of a params.yaml file."""
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     for part in section.split("."):
-        if part not in data:
+        if not isinstance(data, dict) or part not in data:
             raise KeyError(f"{path}: no section '{section}'")
         data = data[part]
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of ``override`` win, nested dicts are merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_section(path: str | Path, section: str, cls: type, *overrides: str) -> Any:
+    """Load ``section`` as dataclass ``cls``, merged with each override section in turn."""
+    data = read_section(path, section)
+    for extra in overrides:
+        data = merge(data, read_section(path, extra))
     return from_dict(cls, data)
+
+
+@dataclass
+class AnnotateConfig:
+    """Stage one: run each teacher once over the corpora and write the store."""
+
+    teachers: dict[str, str] = field(default_factory=dict)  # language -> teacher model folder
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    splits: list[str] = field(default_factory=lambda: ["train", "dev", "test", "unlabeled"])
+    out: str = "stores/demo"
+    k: int = 5
+    shard_size: int = 2000  # sentences per shard
+    batch_tokens: int = 4096  # word budget of one teacher batch (length-bucketed)
+    dtype: str = "float16"  # float16 | float32 for emissions/marginals; log-probs, log Z always float32
+    tau: float = 1.0  # temperature the stored marginals and k-best log-probs were computed at
+    device: str = "auto"
+    mix_teachers: bool = False  # allow adding a teacher with another fingerprint to an existing store
+
+
+@dataclass
+class KDConfig:
+    method: str = "posterior"  # a name from pipeline.kd.registry.OBJECTIVES
+    k: int | None = None  # k-best paths used (None = all stored)
+    tau: float = 1.0  # temperature of token KD
+    schedule: str = "constant"  # constant | anneal | kd_then_nll | learned
+    lam: float = 0.5  # lambda of the constant schedule
+    anneal_rate: float = 0.5  # lambda decrease per epoch of the anneal schedule
+    normalize: str = "sentence"  # sentence | token
+    options: dict[str, Any] = field(default_factory=dict)  # extra objective options
+
+
+@dataclass
+class DistillConfig:
+    """Stage two: stream the store into student training."""
+
+    store: str = "stores/demo"
+    name: str = "student"
+    kd: KDConfig = field(default_factory=KDConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    use_unlabeled: bool = True
+    batch_tokens: int = 1024  # word budget of one student batch (length-bucketed)
+    shuffle_buffer: int = 2048
+    workers: int = 0
+    device: str = "auto"
+    out: str = "runs/student"
+    online_teacher: str | None = None  # comparison only: compute KD targets by running this teacher
+
+
+@dataclass
+class PrepareConfig:
+    """Validate every corpus once and record its size, labels and tag scheme."""
+
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    out: str = "metrics/prepare.json"
+
+
+@dataclass
+class EvaluateConfig:
+    """Score model folders on labeled corpora (seqeval entity F1, or token accuracy for POS)."""
+
+    models: dict[str, str] = field(default_factory=dict)  # display name -> model folder
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    batch_size: int = 64
+    device: str = "auto"
+    out: str = "metrics/evaluate.json"
+
+
+@dataclass
+class ReportConfig:
+    evaluate: str = "metrics/evaluate.json"
+    runs: dict[str, str] = field(default_factory=dict)  # method -> distill output folder
+    teacher: str = "teacher-en"  # the model name in the evaluate output that is the teacher
+    baseline: str = "none"  # the run every KD overhead and gap is measured against
+    out: str = "report.md"
+    chart: str = "report.png"

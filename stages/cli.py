@@ -1,0 +1,22 @@
+"""The `structkd` command line: one sub-command per DVC stage, plus store tools and predict."""
+from __future__ import annotations
+
+import typer
+
+from stages import annotate, distill, evaluate, predict, prepare, report, store_cmd, train_teacher
+
+app = typer.Typer(
+    name="structkd",
+    help="Distil structured predictors from a big teacher into a small, fast student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("prepare")(prepare.main)
+app.command("train-teacher")(train_teacher.main)
+app.command("annotate")(annotate.main)
+app.command("distill")(distill.main)
+app.command("evaluate")(evaluate.main)
+app.command("predict")(predict.main)
+app.command("report")(report.main)
+app.add_typer(store_cmd.app, name="store", help="Verify, inspect and show a teacher-output store.")

@@ -1,0 +1,52 @@
+"""`structkd evaluate`: score model folders on labeled corpora, per corpus and language, as JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import EvaluateConfig
+from pipeline.corpus import read_corpus
+from pipeline.metrics import evaluate_tags
+from pipeline.tagger import Tagger
+from pipeline.trainer import predict
+from stages.common import console, load_config, resolve_device, write_json
+
+
+def evaluate_models(cfg: EvaluateConfig) -> dict:
+    """``{model: {"corpus/split": metrics}}`` for every model on every configured corpus split."""
+    device = resolve_device(cfg.device)
+    results: dict[str, dict] = {}
+    for name, folder in cfg.models.items():
+        tagger = Tagger.load(folder, device=device)
+        scores: dict[str, dict] = {}
+        for corpus in cfg.corpora:
+            for split in cfg.splits:
+                if split not in corpus.files:
+                    continue
+                sentences = read_corpus(corpus, split)
+                pred = predict(tagger, sentences, batch_size=cfg.batch_size)
+                gold = [s.labels for s in sentences]
+                scheme = "none" if corpus.scheme == "none" else tagger.scheme
+                scores[f"{corpus.name}/{split}"] = {
+                    "lang": corpus.lang, **evaluate_tags(gold, pred, scheme)}
+        results[name] = scores
+        console.print(f"evaluated {name}: " + ", ".join(
+            f"{k} {v.get('f1', v.get('accuracy', 0)):.4f}" for k, v in scores.items()))
+    return results
+
+
+def main(
+    params: Optional[Path] = typer.Option(Path("params.yaml"), help="params.yaml to read."),
+    section: str = typer.Option("evaluate", help="Section of params.yaml."),
+    model: Optional[list[str]] = typer.Option(None, help="NAME=FOLDER, replaces the params' models."),
+    out: Optional[str] = typer.Option(None, help="JSON file to write."),
+) -> None:
+    """Entity P/R/F1 (seqeval; strict for BIOES) or token accuracy (POS) of each model."""
+    models = dict(m.split("=", 1) for m in model) if model else None
+    cfg: EvaluateConfig = load_config(
+        EvaluateConfig, params if params and params.exists() else None, [section],
+        {"models": models, "out": out})
+    write_json(cfg.out, evaluate_models(cfg))
+    console.print(f"wrote {cfg.out}")

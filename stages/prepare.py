@@ -1,0 +1,47 @@
+"""`structkd prepare`: read and validate every corpus once; record sizes, label sets and schemes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import PrepareConfig
+from pipeline.corpus import read_corpus
+from pipeline.schemes import detect_scheme
+from stages.common import console, load_config, write_json
+
+
+def summarize(cfg: PrepareConfig) -> dict:
+    """Per corpus and split: sentences, tokens, labels and the detected tag scheme.
+
+    Reading is the validation: a malformed file raises an error naming the file and line.
+    """
+    summary: dict[str, dict] = {}
+    for corpus in cfg.corpora:
+        for split in corpus.files:
+            sentences = read_corpus(corpus, split)
+            labeled = [s.labels for s in sentences if s.labels is not None]
+            labels = sorted({tag for tags in labeled for tag in tags})
+            summary[f"{corpus.name}/{split}"] = {
+                "lang": corpus.lang,
+                "sentences": len(sentences),
+                "tokens": sum(len(s.tokens) for s in sentences),
+                "max_length": max(len(s.tokens) for s in sentences),
+                "labels": labels,
+                "scheme": detect_scheme(labeled) if labeled else None,
+            }
+            console.print(f"{corpus.name}/{split}: {len(sentences)} sentences")
+    return summary
+
+
+def main(
+    params: Optional[Path] = typer.Option(Path("params.yaml"), help="params.yaml to read."),
+    section: str = typer.Option("prepare", help="Section of params.yaml."),
+    out: Optional[str] = typer.Option(None, help="JSON summary to write."),
+) -> None:
+    """Validate the corpora of params.yaml and summarise them."""
+    cfg: PrepareConfig = load_config(
+        PrepareConfig, params if params and params.exists() else None, [section], {"out": out})
+    write_json(cfg.out, summarize(cfg))
+    console.print(f"wrote {cfg.out}")

@@ -1,0 +1,99 @@
+"""`structkd report`: one table per corpus of every method against the teacher, plus a chart."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import ReportConfig
+from stages.common import console, load_config
+
+
+def _score(metrics: dict) -> float:
+    """The headline figure of one evaluation: entity F1, or token accuracy for POS."""
+    return float(metrics["f1"] if "f1" in metrics else metrics["accuracy"])
+
+
+def build_rows(cfg: ReportConfig) -> list[dict]:
+    """One row per (method, corpus split): P/R/F1, epoch time, KD overhead, gap closed."""
+    evaluation = json.loads(Path(cfg.evaluate).read_text())
+    teacher = evaluation.get(cfg.teacher, {})
+    epoch_seconds = {}
+    for method, folder in cfg.runs.items():
+        run = json.loads((Path(folder) / "metrics.json").read_text())
+        epoch_seconds[method] = float(run["mean_epoch_seconds"])
+    base_time = epoch_seconds.get(cfg.baseline)
+    rows = []
+    for method in cfg.runs:
+        for key, metrics in evaluation.get(method, {}).items():
+            score = _score(metrics)
+            row = {"method": method, "data": key, "precision": metrics.get("precision"),
+                   "recall": metrics.get("recall"), "score": score,
+                   "epoch_s": epoch_seconds[method],
+                   "overhead": epoch_seconds[method] / base_time if base_time else None}
+            base = evaluation.get(cfg.baseline, {}).get(key)
+            if key in teacher and base is not None:
+                gap = _score(teacher[key]) - _score(base)
+                row["teacher"] = _score(teacher[key])
+                row["gap_closed"] = (score - _score(base)) / gap if abs(gap) > 1e-12 else None
+            rows.append(row)
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render(rows: list[dict], cfg: ReportConfig) -> str:
+    lines = ["# structkd report", "",
+             f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
+             "(seqeval) or token accuracy; gap closed = (method - baseline) / (teacher - baseline).",
+             "", "| method | data | P | R | F1/acc | teacher | gap closed | epoch s | vs none |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['data']} | {_fmt(r['precision'], '.4f')} | "
+            f"{_fmt(r['recall'], '.4f')} | {r['score']:.4f} | {_fmt(r.get('teacher'), '.4f')} | "
+            f"{_fmt(r.get('gap_closed'), '.1%')} | {r['epoch_s']:.1f} | {_fmt(r['overhead'], '.2f')}x |")
+    lines += ["", f"![scores]({Path(cfg.chart).name})", ""]
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict], cfg: ReportConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({r["data"] for r in rows})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        sub = [r for r in rows if r["data"] == key]
+        ax.barh([r["method"] for r in sub], [r["score"] for r in sub], color="#4878a8")
+        teacher = next((r["teacher"] for r in sub if r.get("teacher") is not None), None)
+        if teacher is not None:
+            ax.axvline(teacher, color="#c44e52", linestyle="--", label="teacher")
+            ax.legend(loc="lower right")
+        low = min(r["score"] for r in sub)
+        ax.set_xlim(max(0.0, low - 0.05), 1.0)
+        ax.set_title(key)
+        ax.set_xlabel("F1 / accuracy")
+    fig.tight_layout()
+    fig.savefig(cfg.chart, dpi=110)
+    plt.close(fig)
+
+
+def main(
+    params: Optional[Path] = typer.Option(Path("params.yaml"), help="params.yaml to read."),
+    section: str = typer.Option("report", help="Section of params.yaml."),
+    out: Optional[str] = typer.Option(None, help="Markdown report to write."),
+) -> None:
+    """Write report.md (per method: P/R/F1, epoch time, KD overhead, gap closed) and a PNG chart."""
+    cfg: ReportConfig = load_config(
+        ReportConfig, params if params and params.exists() else None, [section], {"out": out})
+    rows = build_rows(cfg)
+    chart(rows, cfg)
+    Path(cfg.out).write_text(render(rows, cfg), encoding="utf-8")
+    console.print(f"wrote {cfg.out} and {cfg.chart}")

@@ -1,0 +1,51 @@
+"""`structkd train-teacher`: fine-tune one teacher (encoder + CRF/MaxEnt decoder) on its corpus."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import TeacherConfig
+from pipeline.corpus import read_corpus
+from pipeline.trainer import train_tagger
+from stages.common import config_dict, console, load_config, write_json
+
+
+def main(
+    teacher: str = typer.Option("en", help="Key of the teacher under `teachers:` in params.yaml."),
+    params: Optional[Path] = typer.Option(Path("params.yaml"), help="params.yaml to read."),
+    out: Optional[str] = typer.Option(None, help="Model folder to write (overrides params)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:n]."),
+    metrics: Optional[Path] = typer.Option(None, help="Also write the training metrics here (DVC)."),
+) -> None:
+    """Fine-tune a teacher and save it as a self-contained model folder."""
+    cfg: TeacherConfig = load_config(
+        TeacherConfig,
+        params if params and params.exists() else None,
+        [f"teachers.{teacher}"],
+        {"out": out, "optim.epochs": epochs, "optim.max_steps": max_steps, "optim.seed": seed,
+         "device": device},
+    )
+    train = read_corpus(cfg.corpus, "train")
+    dev = read_corpus(cfg.corpus, "dev")
+    console.print(f"[bold]train-teacher[/] {cfg.name}: {len(train)} train / {len(dev)} dev sentences")
+    started = time.perf_counter()
+    tagger, history = train_tagger(cfg, train, dev)
+    seconds = time.perf_counter() - started
+    tagger.save(cfg.out)
+    summary = {
+        "teacher": cfg.name,
+        "train_sentences": len(train),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+        "config": config_dict(cfg),
+    }
+    write_json(Path(cfg.out) / "metrics.json", summary)
+    if metrics is not None:
+        write_json(metrics, summary)
+    console.print(f"saved {cfg.out} in {seconds:.0f} s")
