@@ -208,6 +208,8 @@ class EvaluateConfig:
     """Score model folders on labeled corpora (seqeval entity F1, or token accuracy for POS)."""
 
     models: dict[str, str] = field(default_factory=dict)  # display name -> model folder
+    methods: list[str] = field(default_factory=list)  # distill runs: runs_dir/<method>/model
+    runs_dir: str = "runs"
     corpora: list[CorpusConfig] = field(default_factory=list)
     splits: list[str] = field(default_factory=lambda: ["test"])
     batch_size: int = 64
@@ -218,7 +220,8 @@ class EvaluateConfig:
 @dataclass
 class ReportConfig:
     evaluate: str = "metrics/evaluate.json"
-    runs: dict[str, str] = field(default_factory=dict)  # method -> distill output folder
+    methods: list[str] = field(default_factory=list)  # distill runs: runs_dir/<method>
+    runs_dir: str = "runs"
     teacher: str = "teacher-en"  # the model name in the evaluate output that is the teacher
     baseline: str = "none"  # the run every KD overhead and gap is measured against
     out: str = "report.md"

@@ -57,3 +57,14 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 def config_dict(cfg: Any) -> dict[str, Any]:
     return to_dict(cfg)
+
+
+def top_level_methods(params: Path | None) -> list[str] | None:
+    """The distill methods listed once at the top of params.yaml (``methods:``), if any."""
+    if params is None or not Path(params).exists():
+        return None
+    try:
+        methods = read_section(params, "methods")
+    except KeyError:
+        return None
+    return list(methods)

@@ -11,14 +11,16 @@ from pipeline.corpus import read_corpus
 from pipeline.metrics import evaluate_tags
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict
-from stages.common import console, load_config, resolve_device, write_json
+from stages.common import console, load_config, resolve_device, top_level_methods, write_json
 
 
 def evaluate_models(cfg: EvaluateConfig) -> dict:
     """``{model: {"corpus/split": metrics}}`` for every model on every configured corpus split."""
     device = resolve_device(cfg.device)
     results: dict[str, dict] = {}
-    for name, folder in cfg.models.items():
+    models = dict(cfg.models)
+    models.update({m: str(Path(cfg.runs_dir) / m / "model") for m in cfg.methods})
+    for name, folder in models.items():
         tagger = Tagger.load(folder, device=device)
         scores: dict[str, dict] = {}
         for corpus in cfg.corpora:
@@ -47,6 +49,6 @@ def main(
     models = dict(m.split("=", 1) for m in model) if model else None
     cfg: EvaluateConfig = load_config(
         EvaluateConfig, params if params and params.exists() else None, [section],
-        {"models": models, "out": out})
+        {"models": models, "out": out, "methods": top_level_methods(params)})
     write_json(cfg.out, evaluate_models(cfg))
     console.print(f"wrote {cfg.out}")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.config import ReportConfig
-from stages.common import console, load_config
+from stages.common import console, load_config, top_level_methods
 
 
 def _score(metrics: dict) -> float:
@@ -21,12 +21,12 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
     evaluation = json.loads(Path(cfg.evaluate).read_text())
     teacher = evaluation.get(cfg.teacher, {})
     epoch_seconds = {}
-    for method, folder in cfg.runs.items():
-        run = json.loads((Path(folder) / "metrics.json").read_text())
+    for method in cfg.methods:
+        run = json.loads((Path(cfg.runs_dir) / method / "metrics.json").read_text())
         epoch_seconds[method] = float(run["mean_epoch_seconds"])
     base_time = epoch_seconds.get(cfg.baseline)
     rows = []
-    for method in cfg.runs:
+    for method in cfg.methods:
         for key, metrics in evaluation.get(method, {}).items():
             score = _score(metrics)
             row = {"method": method, "data": key, "precision": metrics.get("precision"),
@@ -92,7 +92,8 @@ def main(
 ) -> None:
     """Write report.md (per method: P/R/F1, epoch time, KD overhead, gap closed) and a PNG chart."""
     cfg: ReportConfig = load_config(
-        ReportConfig, params if params and params.exists() else None, [section], {"out": out})
+        ReportConfig, params if params and params.exists() else None, [section],
+        {"out": out, "methods": top_level_methods(params)})
     rows = build_rows(cfg)
     chart(rows, cfg)
     Path(cfg.out).write_text(render(rows, cfg), encoding="utf-8")
