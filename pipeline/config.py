@@ -24,6 +24,7 @@ class CorpusConfig:
     scheme: str = "auto"  # auto | IOB1 | IOB2 | BIOES | none (POS: token accuracy)
     convert_to: str | None = None  # convert labels to this scheme on read (e.g. IOB2)
     limit: int | None = None  # read at most this many sentences per split (sweeps, smoke runs)
+    holdout: int | None = None  # no dev file: dev = the last n train sentences, train = the rest
 
 
 @dataclass
