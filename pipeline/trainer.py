@@ -1,0 +1,200 @@
+"""Gold-label training of a tagger (teachers): fine-tune encoder + decoder, early-stop on dev.
+
+AdamW with linear warm-up then linear decay, optional layer-wise lr decay for transformer layers and
+a separate lr for the head (emission layer, decoder, and a BiLSTM encoder), gradient clipping,
+length-bucketed batches, dev F1 (accuracy for POS) each epoch with patience, best weights kept.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.config import OptimConfig, TeacherConfig
+from pipeline.corpus import Sentence, effective_scheme
+from pipeline.encoders import TransformerWordEncoder
+from pipeline.metrics import evaluate_tags, main_score
+from pipeline.schemes import complete_labels, first_invalid
+from pipeline.tagger import Tagger, build_tagger
+
+BUCKET_POOL = 50  # batches per pool sorted by length before the batches are shuffled
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def training_labels(train: list[Sentence], scheme: str) -> list[str]:
+    """Every label of ``scheme`` for the entity types seen in training (or the POS tags seen), in
+    ``schemes.sort_labels`` order."""
+    return complete_labels({label for s in train for label in s.labels}, scheme)
+
+
+def check_labels(train: list[Sentence], scheme: str) -> None:
+    """Every training sentence must be valid in ``scheme`` (a constrained CRF gives it zero mass)."""
+    for s in train:
+        bad = first_invalid(s.labels, scheme)
+        if bad is not None:
+            raise ValueError(f"sentence {getattr(s, 'sid', '?')} is not valid {scheme} at position "
+                             f"{bad}: {s.labels}")
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled index batches of similar length: shuffle, sort pools by length, shuffle batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    pool = batch_size * BUCKET_POOL
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def param_groups(tagger: Tagger, optim: OptimConfig) -> list[dict]:
+    """AdamW groups: transformer parameters at ``lr * layer_decay ** (depth below the top layer)``,
+    everything else at ``head_lr``; no weight decay on biases, norms and decoder factors."""
+    encoder = tagger.encoder
+    transformer = isinstance(encoder, TransformerWordEncoder)
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in tagger.named_parameters():
+        if not param.requires_grad:
+            continue
+        if transformer and name.startswith("encoder.model."):
+            depth = encoder.layer_of(name[len("encoder.model."):])
+            lr = optim.lr * optim.layer_decay ** max(0, encoder.num_layers - depth)
+        else:
+            lr = optim.head_lr or optim.lr
+        decay = 0.0 if param.ndim < 2 or name.startswith("decoder.") else optim.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def warmup_linear(total: int, warmup: float):
+    """lr multiplier: linear warm-up over ``warmup * total`` steps, then linear decay to 0."""
+    warm = int(warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+    return factor
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"),
+                    TextColumn("{task.fields[speed]:.0f} sent/s"), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled)
+
+
+def predict(tagger: Tagger, sentences: list, batch_size: int = 32) -> list[list[str]]:
+    """Labels for each sentence (``Sentence`` objects or token lists), batched by length, in eval
+    mode under ``torch.inference_mode``; the module's train/eval mode is restored afterwards."""
+    tokens = [getattr(s, "tokens", s) for s in sentences]
+    order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
+    out: list[list[str]] = [[] for _ in tokens]
+    was_training = tagger.training
+    tagger.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = [i for i in order[start:start + batch_size] if tokens[i]]
+                if idx:
+                    for i, labels in zip(idx, tagger.decode([tokens[i] for i in idx])):
+                        out[i] = labels
+    finally:
+        tagger.train(was_training)
+    return out
+
+
+def _snapshot(tagger: Tagger) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in tagger.state_dict().items()}
+
+
+def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
+                 progress: bool = True) -> tuple[Tagger, dict]:
+    """Train a tagger on gold labels; returns it (best dev weights) and a JSON-able history:
+    ``labels``, ``scheme``, ``steps``, ``best_epoch``, ``best_dev_score``, ``epochs`` (per epoch:
+    ``train_loss`` (mean per-sentence NLL), ``sentences_per_s``, ``seconds``, ``dev`` metrics)."""
+    optim = cfg.optim
+    seed_everything(optim.seed)
+    device = resolve_device(cfg.device)
+    train = [s for s in train if s.tokens]
+    if not train:
+        raise ValueError("no non-empty training sentences")
+    scheme = effective_scheme(cfg.corpus, train)
+    check_labels(train, scheme)
+    labels = training_labels(train, scheme)
+    tagger = build_tagger(cfg.model, labels, scheme, vocab_sentences=[s.tokens for s in train]).to(device)
+    params = [p for p in tagger.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(tagger, optim))
+    total = optim.epochs * math.ceil(len(train) / optim.batch_size)
+    if optim.max_steps:
+        total = min(total, optim.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total, optim.warmup))
+    rng = random.Random(optim.seed)
+    lengths = [len(s.tokens) for s in train]
+    history: dict = {"labels": labels, "scheme": scheme, "epochs": [], "best_epoch": None,
+                     "best_dev_score": None}
+    best_state, bad_epochs, step = None, 0, 0
+    with _progress(progress) as bar:
+        task = bar.add_task(cfg.name, total=total, loss=0.0, speed=0.0)
+        for epoch in range(1, optim.epochs + 1):
+            tagger.train()
+            started, loss_sum, seen = time.perf_counter(), 0.0, 0
+            for batch in length_batches(lengths, optim.batch_size, rng):
+                sents = [train[i] for i in batch]
+                potentials, mask = tagger.potentials([s.tokens for s in sents])
+                losses = tagger.nll(potentials, tagger.tag_ids([s.labels for s in sents]), mask)
+                loss = losses.mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if optim.grad_clip and optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_sum += float(losses.detach().sum())
+                seen += len(sents)
+                bar.update(task, advance=1, loss=float(loss.detach()),
+                           speed=seen / max(time.perf_counter() - started, 1e-9))
+                if step >= total:
+                    break
+            seconds = time.perf_counter() - started
+            record = {"epoch": epoch, "steps": step, "train_loss": loss_sum / max(seen, 1),
+                      "sentences_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
+            if dev:
+                result = evaluate_tags([s.labels for s in dev], predict(tagger, dev, optim.batch_size),
+                                       scheme)
+                score = main_score(result)
+                record.update(dev=result, dev_score=score)
+                if history["best_dev_score"] is None or score > history["best_dev_score"]:
+                    history.update(best_epoch=epoch, best_dev_score=score)
+                    best_state, bad_epochs = _snapshot(tagger), 0
+                else:
+                    bad_epochs += 1
+                if progress:
+                    bar.console.print(f"epoch {epoch}: loss {record['train_loss']:.4f}, dev {score:.4f}")
+            history["epochs"].append(record)
+            if step >= total or (dev and bad_epochs >= optim.patience):
+                break
+    history["steps"] = step
+    if best_state is not None:
+        tagger.load_state_dict(best_state)
+    return tagger, history
