@@ -13,6 +13,8 @@ other line is a token line and is validated like one. ``comment=None`` turns com
 """
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import unicodedata
 import warnings
@@ -314,6 +316,8 @@ _CONLLU_TAG = {-1: "upos", 3: "upos", 4: "xpos"}
 
 
 def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[_Located]]:
+    if cfg.holdout and "dev" not in cfg.files and split in ("train", "dev"):
+        return _read_holdout(cfg, split)
     if split not in cfg.files:
         raise ValueError(f"corpus {cfg.name!r} has no split {split!r}; it has {sorted(cfg.files)}")
     path = cfg.files[split]
@@ -333,6 +337,22 @@ def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
         return path, *_read_raw(*where, limit=cfg.limit)
     raise ValueError(f"corpus {cfg.name!r}: unknown format {cfg.format!r} "
                      "(conll, tsv, conllu, raw)")
+
+
+def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[_Located]]:
+    """A corpus without a dev file: dev = the last ``cfg.holdout`` train sentences (their sids
+    keep naming the train file they come from), train = the rest; ``limit`` applies afterwards."""
+    full = dataclasses.replace(cfg, holdout=None, limit=None)
+    path, sentences, located = _read_located(full, "train")
+    if cfg.holdout >= len(sentences):
+        raise ValueError(f"corpus {cfg.name!r}: holdout {cfg.holdout} leaves no training sentence "
+                         f"({len(sentences)} in {path})")
+    cut = len(sentences) - cfg.holdout
+    part = slice(cut, None) if split == "dev" else slice(0, cut)
+    sentences, located = sentences[part][: cfg.limit], located[part][: cfg.limit]
+    for sentence in sentences:
+        sentence.split = split
+    return path, sentences, located
 
 
 def _check_labels(path: str, scheme: str, how: str, sentence: Sentence, loc: _Located) -> None:

@@ -295,3 +295,17 @@ def test_demo_corpus_is_committed_readable_and_reproducible(tmp_path):
     assert (tmp_path / "unlabeled.txt").read_bytes() == (DEMO / "unlabeled.txt").read_bytes()
     raw = read_raw(DEMO / "unlabeled.txt", "demo-raw", "unlabeled")
     assert len((DEMO / "unlabeled.txt").read_text().splitlines()) == 300 and len(raw) >= 600
+
+
+def test_holdout_makes_dev_from_the_end_of_train(tmp_path):
+    lines = [f"w{i} B-PER\nx{i} O\n" for i in range(10)]
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    cfg = CorpusConfig(name="c", files={"train": str(path)}, holdout=3, scheme="IOB2")
+    train, dev = read_corpus(cfg, "train"), read_corpus(cfg, "dev")
+    assert [s.tokens[0] for s in train] == [f"w{i}" for i in range(7)]
+    assert [s.tokens[0] for s in dev] == ["w7", "w8", "w9"]
+    assert {s.split for s in dev} == {"dev"} and {s.split for s in train} == {"train"}
+    assert len({s.sid for s in train + dev}) == 10
+    with pytest.raises(ValueError, match="holdout"):
+        read_corpus(CorpusConfig(name="c", files={"train": str(path)}, holdout=10), "dev")
