@@ -87,14 +87,14 @@ def _prepare(emissions, transitions, mask, start, end, constraints, tau) -> _Pot
                        mask.unsqueeze(2).unbind(1))
 
 
-def _pad_to(x: Tensor, length: int, dim: int = 1) -> Tensor:
-    """Zero-pad `x` along `dim` up to `length` (outputs keep the caller's padded length)."""
+def _pad_to(x: Tensor, length: int, dim: int = 1, fill: float = 0.0) -> Tensor:
+    """Pad `x` with `fill` along `dim` up to `length` (outputs keep the caller's padded length)."""
     missing = length - x.shape[dim]
     if missing <= 0:
         return x
     shape = list(x.shape)
     shape[dim] = missing
-    return torch.cat([x, x.new_zeros(shape)], dim)
+    return torch.cat([x, x.new_full(shape, fill)], dim)
 
 
 def _forward(p: _Potentials) -> tuple[list[Tensor], Tensor]:
@@ -122,6 +122,15 @@ def marginals(emissions, transitions, mask, start=None, end=None, *,
     edge[b, i, a, c] = P(y_i = a, y_{i+1} = c); zero at padding. Plain differentiable tensor ops, so
     it works under no_grad / inference_mode and can be backpropagated through when inputs need grad.
     """
+    log_node, log_edge = log_marginals(emissions, transitions, mask, start, end,
+                                       constraints=constraints, tau=tau)
+    return log_node.exp(), log_edge.exp()
+
+
+def log_marginals(emissions, transitions, mask, start=None, end=None, *,
+                  constraints: Constraints | None = None, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+    """log of ``marginals``: -inf at padding and for impossible labels; finite where a marginal is
+    too small for float32 probabilities (no underflow to log 0)."""
     full_len = emissions.shape[1]
     p = _prepare(emissions, transitions, mask, start, end, constraints, tau)
     alphas, log_z = _forward(p)
@@ -138,10 +147,10 @@ def marginals(emissions, transitions, mask, start=None, end=None, *,
     log_z = log_z.masked_fill(log_z == NEG_INF, 0.0)[:, None, None]
     # beta - log Z, -inf at padding so that exp() zeroes node and edge there (no [B, L, T, T] mask).
     beta = (torch.stack(betas[::-1], 1) - log_z).masked_fill(~p.mask.unsqueeze(-1), NEG_INF)
-    node = (alpha + beta).exp()
+    node = alpha + beta
     after = p.emissions[:, 1:] + beta[:, 1:]  # [B, L'-1, T]: everything right of the edge
-    edge = (alpha[:, :-1].unsqueeze(3) + after.unsqueeze(2)).add_(p.transitions.unsqueeze(1)).exp_()
-    return _pad_to(node, full_len), _pad_to(edge, full_len - 1)
+    edge = (alpha[:, :-1].unsqueeze(3) + after.unsqueeze(2)).add_(p.transitions.unsqueeze(1))
+    return (_pad_to(node, full_len, fill=NEG_INF), _pad_to(edge, full_len - 1, fill=NEG_INF))
 
 
 def _backtrack(backpointers, last: Tensor) -> Tensor:

@@ -61,12 +61,9 @@ def node_log_marginals(student: StudentPotentials, mask: Tensor, *, tau: float =
     """
     if not student.is_crf:
         return crf.maxent_log_probs(student.emissions, mask, tau=tau)
-    node = crf.marginals(student.emissions, student.transitions, mask, student.start, student.end,
-                         constraints=student.constraints, tau=tau)[0]
-    pos = node > 0
-    log_node = torch.log(torch.where(pos, node, torch.ones_like(node)))
-    real = mask.bool().unsqueeze(-1)
-    return torch.where(pos | ~real, log_node, torch.full_like(log_node, NEG_INF))
+    log_node = crf.log_marginals(student.emissions, student.transitions, mask, student.start,
+                                 student.end, constraints=student.constraints, tau=tau)[0]
+    return log_node.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
 
 def constrained_factors(student: StudentPotentials, *, tau: float = 1.0
