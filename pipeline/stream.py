@@ -1,0 +1,327 @@
+"""Streaming the teacher-output store into student training (stage two's data path).
+
+``StoreStream`` is a torch ``IterableDataset`` that yields ready, padded ``Batch`` objects (use it with
+``DataLoader(stream, batch_size=None)``). Per epoch: the shards of the chosen splits are permuted
+(seed, epoch) and dealt out to (rank, worker) pairs; each worker reads one shard at a time (only the
+Parquet columns and Zarr arrays its KD objective needs), verifies the shard's checksums first, feeds
+the sentences in random order into a shuffle buffer, and, whenever the buffer is full, sorts it by
+length, cuts batches under a padded word budget (``rows * longest <= batch_tokens``) and yields a
+random half of them. Resident memory: one shard per worker + the buffer, whatever the store size.
+
+Node / edge marginals of a ``potentials`` store are recomputed per batch from the stored emissions
+(exact, see store/README.md); a ``full`` store's stored marginals are used as they are.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.kd.types import TeacherTargets
+from pipeline.teacher_outputs import marginals
+from store import StoreError, open_store
+from store.frame import list_column
+from store.reader import Store
+from store.schema import TOKEN_OFFSETS
+from store.tensors import edge_offsets, teacher_potentials
+
+TENSOR_FIELDS = ("emissions", "node", "edge")
+KBEST_FIELDS = ("kbest_paths", "kbest_logprob", "residual_mass", "log_z")
+ALL_FIELDS = TENSOR_FIELDS + KBEST_FIELDS
+BASE_COLUMNS = ["sid", "lang", "length", "tokens", "gold_ids", "viterbi"]
+HASH_BLOCK = 1 << 20
+
+
+@dataclass
+class Batch:
+    """One padded student batch: B sentences of at most L words, T labels.
+
+    ``teacher``: TeacherTargets (fields the objective does not need are None; transitions / start /
+    end [B, T, T] / [B, T] are gathered from each row's teacher; ``crf`` [B] bool); ``mask`` [B, L];
+    ``hard`` [B, L] long = gold label ids where the sentence is labeled, else the teacher's Viterbi
+    path; ``has_gold`` [B] bool; ``tokens`` / ``sids`` / ``lang`` per row.
+    """
+
+    tokens: list[list[str]]
+    sids: list[str]
+    lang: list[str]
+    teacher: TeacherTargets
+    mask: Tensor
+    hard: Tensor
+    has_gold: Tensor
+
+    @property
+    def words(self) -> int:
+        return int(self.mask.sum())
+
+    def _map(self, fn) -> Batch:
+        targets = TeacherTargets(**{f.name: None if getattr(self.teacher, f.name) is None
+                                    else fn(getattr(self.teacher, f.name)) for f in fields(TeacherTargets)})
+        return replace(self, teacher=targets, mask=fn(self.mask), hard=fn(self.hard),
+                       has_gold=fn(self.has_gold))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (``DataLoader(pin_memory=True)`` calls this in its pinning thread)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def verify_files(store: Store, files: dict[str, str], what: str) -> None:
+    """sha256 of each store-relative file against its manifest entry; StoreError on any mismatch."""
+    for rel, expected in sorted(files.items()):
+        digest = hashlib.sha256()
+        try:
+            with store.fs.open(store.path(rel), "rb") as fh:
+                for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            raise StoreError(f"{store.url}: {what}: file {rel} is missing; the store is damaged "
+                             "(re-run annotate, or `structkd store verify`)") from None
+        if digest.hexdigest() != expected:
+            raise StoreError(f"{store.url}: {what}: checksum mismatch in {rel}; the store is corrupted "
+                             "(re-run annotate for this shard, or `structkd store verify`)")
+
+
+def open_checked(path: str) -> Store:
+    """``open_store`` with every failure to decode the store's metadata or teacher arrays (a damaged
+    file) reported as a StoreError naming the store."""
+    try:
+        return open_store(path)
+    except StoreError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise StoreError(f"{path}: cannot open the store ({type(err).__name__}: {err}); it may be "
+                         "damaged: run `structkd store verify`") from None
+
+
+def check_store(store: Store, labels: list[str] | None = None) -> tuple[list[str], str]:
+    """The store's label list and tag scheme, refusing a store a student cannot be trained from: an
+    incomplete one, teachers with different label lists or schemes, another label list than
+    ``labels`` (the student's), or teacher files that fail their checksums. (``open_store`` already
+    refuses another schema version.)"""
+    if not store.teachers:
+        raise StoreError(f"{store.url}: the store has no teacher")
+    if not store.complete:
+        pending = store.manifest.get("pending", [])
+        raise StoreError(f"{store.url}: the store is incomplete ({len(pending)} shard(s) pending, e.g. "
+                         f"{pending[:3]}); finish `structkd annotate` first")
+    try:
+        store_labels = store.labels
+    except StoreError as err:
+        raise StoreError(f"{err}; one student needs one label list") from None
+    if labels is not None and list(labels) != store_labels:
+        raise StoreError(f"{store.url}: the store's labels {store_labels} do not match the student's "
+                         f"{list(labels)}")
+    schemes = sorted({t.scheme for t in store.teachers.values()})
+    if len(schemes) != 1:
+        raise StoreError(f"{store.url}: teachers use different tag schemes {schemes}")
+    for tid, entry in store.manifest["teachers"].items():
+        verify_files(store, entry.get("files", {}), f"teacher {tid}")
+    return store_labels, schemes[0]
+
+
+def pack(lengths: list[int], budget: int, max_sentences: int | None = None) -> list[list[int]]:
+    """Consecutive index runs of ``lengths`` (sorted ascending) with ``rows * longest <= budget``
+    and at most ``max_sentences`` rows; a sentence longer than the budget is a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i, length in enumerate(lengths):
+        full = max_sentences is not None and len(current) >= max_sentences
+        if current and ((len(current) + 1) * length > budget or full):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class StoreStream(IterableDataset):
+    """Length-bucketed, shuffled batches of the store's sentences of ``splits`` (see module doc).
+
+    fields: TeacherTargets fields to deliver (subset of ALL_FIELDS; the per-teacher factors and
+    ``crf`` always come). k: keep the first k k-best paths (residual mass recomputed). labels: the
+    student's label list (a store with another is refused). verify: check every shard's checksums
+    before reading it. rank / world_size: this process's part of the shards under DDP.
+    """
+
+    def __init__(self, store: str | Store, splits: list[str] | tuple[str, ...], *,
+                 fields: tuple[str, ...] | list[str] = ALL_FIELDS, k: int | None = None,
+                 batch_tokens: int = 1024, max_sentences: int | None = None, shuffle_buffer: int = 2048,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, verify: bool = True,
+                 labels: list[str] | None = None):
+        super().__init__()
+        self.store = open_checked(store) if isinstance(store, str) else store
+        unknown = sorted(set(fields) - set(ALL_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown teacher field(s) {unknown}; valid: {list(ALL_FIELDS)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_tokens < 1 or shuffle_buffer < 1 or (k is not None and k < 1):
+            raise ValueError("batch_tokens, shuffle_buffer and k must be >= 1")
+        self.labels, self.scheme = check_store(self.store, labels)
+        self.splits = list(splits)
+        self.fields = tuple(f for f in ALL_FIELDS if f in fields)
+        self.k, self.batch_tokens, self.max_sentences = k, batch_tokens, max_sentences
+        self.shuffle_buffer, self.seed, self.verify = shuffle_buffer, seed, verify
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.teacher_ids = sorted(self.store.teachers)
+        metas = [self.store.teachers[t] for t in self.teacher_ids]
+        self.factors = {name: torch.from_numpy(np.stack([np.asarray(m.arrays[name], dtype=np.float32)
+                                                         for m in metas]))
+                        for name in ("transitions", "start", "end")}
+        self.is_crf = torch.tensor([m.is_crf for m in metas])
+        self.shard_ids = [s for split in self.splits for s in self.store.shards(split)]
+
+    @property
+    def sentences(self) -> int:
+        """Sentences per epoch over all ranks (from the manifest)."""
+        return sum(self.store.shard_info(s)["rows"] for s in self.shard_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle (call before iterating; workers see it at their start)."""
+        self.epoch = int(epoch)
+
+    def my_shards(self, worker: int = 0, workers: int = 1) -> list[str]:
+        """This (rank, worker)'s shards of the current epoch: one permutation shared by all (a slot
+        beyond the shard count gets none: keep shards >= ranks x workers)."""
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shard_ids))
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        return [self.shard_ids[i] for i in order[slot::slots]]
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        buffer: list[dict] = []
+        for shard in self.my_shards(worker, workers):
+            for item in self._read(shard, rng):
+                buffer.append(item)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield from self._drain(buffer, rng, keep=self.shuffle_buffer // 2)
+        yield from self._drain(buffer, rng, keep=0)
+
+    def _drain(self, buffer: list[dict], rng: np.random.Generator, keep: int) -> Iterator[Batch]:
+        """Sort the buffer by length, cut batches, yield random ones until ``keep`` sentences remain."""
+        order = rng.permutation(len(buffer))
+        ordered = sorted((buffer[i] for i in order), key=lambda item: item["length"])
+        batches = pack([item["length"] for item in ordered], self.batch_tokens, self.max_sentences)
+        rng.shuffle(batches)
+        left = len(ordered)
+        out = []
+        while batches and left > keep:
+            rows = batches.pop()
+            left -= len(rows)
+            out.append([ordered[i] for i in rows])
+        buffer[:] = [ordered[i] for rows in batches for i in rows]
+        for items in out:
+            yield self.collate(items)
+
+    def _read(self, shard: str, rng: np.random.Generator) -> Iterator[dict]:
+        """The shard's sentences in random order, as small self-contained dicts (copies, so the
+        shard's arrays are freed once it is consumed)."""
+        info = self.store.shard_info(shard)
+        if self.verify:
+            verify_files(self.store, info.get("files", {}), f"shard {shard}")
+        columns = BASE_COLUMNS + [f for f in KBEST_FIELDS if f in self.fields]
+        table = self.store.read_table(shard, columns)
+        cols = {name: list_column(table, name) for name in columns if name != "tokens"}
+        tokens = table.column("tokens").to_pylist()
+        stored = self._tensors(shard)
+        teacher = self.teacher_ids.index(info["teacher"])
+        for row in rng.permutation(table.num_rows):
+            gold = cols["gold_ids"].row(row)
+            item = {"sid": str(cols["sid"].row(row)), "lang": str(cols["lang"].row(row)),
+                    "length": int(cols["length"].row(row)), "tokens": tokens[row], "teacher": teacher,
+                    "has_gold": gold is not None,
+                    "hard": (cols["viterbi"].row(row) if gold is None else gold).copy()}
+            if gold is not None and (gold < 0).any():
+                raise StoreError(f"{self.store.url}: sentence {item['sid']} has gold labels outside "
+                                 f"the label list {self.labels}")
+            for name in KBEST_FIELDS:
+                if name in cols:
+                    value = cols[name].row(row)
+                    item[name] = value.copy() if isinstance(value, np.ndarray) else float(value)
+            for name, (flat, offsets) in stored.items():
+                item[name] = flat[offsets[row]:offsets[row + 1]].copy()
+            yield item
+
+    def _tensors(self, shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The shard's stored ragged arrays this stream needs, as stored (float16 stays float16)."""
+        wanted = [f for f in TENSOR_FIELDS if f in self.fields]
+        if not wanted:
+            return {}
+        stored = self.store.read_stored(shard)
+        offsets = stored[TOKEN_OFFSETS]
+        names = [n for n in wanted if n in stored]
+        if any(n in wanted and n not in stored for n in ("node", "edge")) and "emissions" not in names:
+            names.append("emissions")
+        return {n: (stored[n], edge_offsets(offsets) if n == "edge" else offsets) for n in names}
+
+    def collate(self, items: list[dict]) -> Batch:
+        """Pad a list of sentence dicts into a Batch (marginals recomputed when not stored)."""
+        lengths = np.array([it["length"] for it in items])
+        longest = int(lengths.max())
+        mask = torch.from_numpy(np.arange(longest)[None, :] < lengths[:, None])
+        has_gold = torch.tensor([it["has_gold"] for it in items])
+        hard = _pad_ints([it["hard"] for it in items], longest)
+        teacher_idx = torch.tensor([it["teacher"] for it in items])
+        out = {name: value[teacher_idx] for name, value in self.factors.items()}
+        out["crf"] = self.is_crf[teacher_idx]
+        padded = {name: _pad_floats([it[name] for it in items], longest - (name == "edge"))
+                  for name in TENSOR_FIELDS if name in items[0]}
+        if any(f in self.fields and f not in padded for f in ("node", "edge")):
+            padded["node"], padded["edge"] = self._marginals(padded["emissions"], mask, teacher_idx)
+        out.update({name: padded[name] for name in TENSOR_FIELDS if name in self.fields})
+        if "kbest_paths" in self.fields:
+            out["kbest_paths"] = _pad_ints([it["kbest_paths"] for it in items], longest)
+        for name in ("kbest_logprob", "residual_mass", "log_z"):
+            if name in self.fields:
+                out[name] = torch.from_numpy(np.array([it[name] for it in items], dtype=np.float32))
+        targets = TeacherTargets(**out)
+        if self.k is not None:
+            targets = targets.select(self.k)
+        return Batch([it["tokens"] for it in items], [it["sid"] for it in items],
+                     [it["lang"] for it in items], targets, mask, hard, has_gold)
+
+    def _marginals(self, emissions: Tensor, mask: Tensor, teacher_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Node / edge marginals of each row's teacher from the (stored) emissions, teacher by teacher."""
+        size, longest, labels = emissions.shape
+        node = emissions.new_zeros(size, longest, labels)
+        edge = emissions.new_zeros(size, max(longest - 1, 0), labels, labels)
+        with torch.no_grad():
+            for t in teacher_idx.unique().tolist():
+                rows = (teacher_idx == t).nonzero().flatten()
+                meta = self.store.teachers[self.teacher_ids[t]]
+                sub = mask[rows]
+                width = int(sub.sum(1).max())
+                pot = teacher_potentials(meta, emissions[rows, :width])
+                n, e = marginals(pot, sub[:, :width], meta.tau, meta.is_crf)
+                node[rows, :width] = n
+                edge[rows, :width - 1] = e
+        return node, edge
+
+
+def _pad_ints(rows: list[np.ndarray], longest: int) -> Tensor:
+    """Ragged int rows ([L] or [K, L]) -> long tensor [B, L] or [B, K, L], zero padded."""
+    first = rows[0]
+    out = np.zeros((len(rows),) + first.shape[:-1] + (longest,), dtype=np.int64)
+    for b, row in enumerate(rows):
+        out[b, ..., :row.shape[-1]] = row
+    return torch.from_numpy(out)
+
+
+def _pad_floats(rows: list[np.ndarray], longest: int) -> Tensor:
+    """Ragged [L, ...] float rows -> float32 tensor [B, longest, ...], zero padded."""
+    out = np.zeros((len(rows), longest) + rows[0].shape[1:], dtype=np.float32)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = row
+    return torch.from_numpy(out)

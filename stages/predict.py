@@ -1,0 +1,54 @@
+"""`structkd predict`: label a CoNLL file or raw text with a saved model folder (batched, CPU)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from pipeline.corpus import read_conll, read_raw
+from pipeline.tagger import Tagger
+from pipeline.trainer import predict as predict_labels
+from stages.common import console
+
+FORMATS = ("conll", "raw")
+
+
+def label_file(model: Tagger, path: Path, fmt: str, word_col: int = 0,
+               batch_size: int = 64) -> tuple[str, int]:
+    """(CoNLL text, sentence count) of ``path``: ``word label`` lines, a blank line after each sentence."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "conll":
+        sentences = read_conll(path, "input", "test", word_col=word_col, label_col=None)
+    else:
+        sentences = read_raw(path, "input", "test")
+    pred = predict_labels(model, sentences, batch_size=batch_size)
+    text = "".join("".join(f"{w} {t}\n" for w, t in zip(s.tokens, labels)) + "\n"
+                   for s, labels in zip(sentences, pred))
+    return text, len(sentences)
+
+
+def main(
+    input: Path = typer.Argument(..., exists=True, dir_okay=False, help="CoNLL file or raw text."),
+    model: Path = typer.Option(..., exists=True, file_okay=False, help="Model folder (teacher or student)."),
+    format: str = typer.Option("conll", help="conll (words in --word-col) | raw (one document a line)."),
+    output: Optional[Path] = typer.Option(None, help="File to write (default: stdout)."),
+    word_col: int = typer.Option(0, help="CoNLL: column of the words."),
+    batch_size: int = typer.Option(64, help="Sentences per batch (sorted by length)."),
+    device: str = typer.Option("cpu", help="cpu | cuda[:n]."),
+) -> None:
+    """Write ``word label`` lines (CoNLL) with the model's predicted labels."""
+    started = time.perf_counter()
+    tagger = Tagger.load(model, device=torch.device(device))
+    text, count = label_file(tagger, input, format, word_col, batch_size)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    console.print(f"labeled {count} sentences in "
+                  f"{time.perf_counter() - started:.1f} s" + (f" -> {output}" if output else ""))
