@@ -184,6 +184,7 @@ class DistillConfig:
 
     store: str = "stores/demo"
     name: str = "student"
+    labels: list[str] | None = None  # the student's label list; a store with another is refused
     kd: KDConfig = field(default_factory=KDConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

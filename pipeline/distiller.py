@@ -181,7 +181,7 @@ class Distiller:
         seed_everything(cfg.optim.seed)
         self.device = resolve_device(cfg.device)
         self.store = open_checked(cfg.store)
-        self.labels, self.scheme = check_store(self.store)
+        self.labels, self.scheme = check_store(self.store, cfg.labels)
         self.splits = ["train"] + (["unlabeled"] if cfg.use_unlabeled and cfg.kd.method != "none" else [])
         self.objective = build_kd_objective(cfg.kd).to(self.device)
         bilstm = cfg.model.encoder.kind == "bilstm"

@@ -129,6 +129,13 @@ def test_online_teacher_with_other_labels_is_refused(stores, tmp_path):
         distill(cfg, progress=False)
 
 
+def test_store_with_other_labels_than_the_student_config_is_refused(stores, tmp_path):
+    cfg = config(stores["en"], tmp_path / "run")
+    cfg.labels = LABELS[::-1]
+    with pytest.raises(StoreError, match="do not match the student"):
+        distill(cfg, progress=False)
+
+
 def test_store_with_a_corrupted_teacher_is_refused(tmp_path):
     path, _ = make_store(tmp_path)
     teacher_file = next(f for f in next(iter(open_store(path).manifest["teachers"].values()))["files"]
