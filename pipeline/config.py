@@ -161,6 +161,8 @@ class AnnotateConfig:
     shard_size: int = 2000  # sentences per shard
     batch_tokens: int = 4096  # word budget of one teacher batch (length-bucketed)
     dtype: str = "float16"  # float16 | float32 for emissions/marginals; log-probs, log Z always float32
+    tensors: str = "potentials"  # potentials (node/edge recomputed on read) | full (also stored)
+    prune: float = 0.0  # tensors=full: stored probabilities below this are zeroed
     tau: float = 1.0  # temperature the stored marginals and k-best log-probs were computed at
     device: str = "auto"
     mix_teachers: bool = False  # allow adding a teacher with another fingerprint to an existing store

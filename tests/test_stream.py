@@ -56,8 +56,8 @@ def make_store(root: Path, langs: tuple[str, ...] = ("en",), *, unlabeled: bool 
         folders[lang] = teacher.save(root / f"teacher-{lang}")
         teachers[lang] = teacher
     cfg = AnnotateConfig(teachers={lang: str(f) for lang, f in folders.items()}, corpora=corpora,
-                         out=str(root / "store"), k=k, shard_size=shard_size)
-    run_annotate(cfg, progress=False, tensors=tensors, teachers=teachers)
+                         out=str(root / "store"), k=k, shard_size=shard_size, tensors=tensors)
+    run_annotate(cfg, progress=False, teachers=teachers)
     return str(root / "store"), folders
 
 

@@ -1,0 +1,79 @@
+"""Table access: the pandas frame of a store, and per-sentence dicts built from Arrow columns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from store.schema import TABLE_SCHEMA, TeacherMeta
+
+SCALARS = ("sid", "corpus", "split", "lang", "teacher", "shard", "index", "length", "residual_mass", "log_z")
+
+
+@dataclass
+class Column:
+    """One Arrow column as flat numpy values + offsets per list level (row access without a per-row
+    Python conversion of the whole table)."""
+
+    values: np.ndarray
+    levels: list[np.ndarray]
+    nulls: np.ndarray | None
+
+    def row(self, i: int):
+        if self.nulls is not None and self.nulls[i]:
+            return None
+        if not self.levels:
+            return self.values[i]
+        lo, hi = i, i + 1
+        for offsets in self.levels:
+            lo, hi = offsets[lo], offsets[hi]
+        flat = self.values[lo:hi]
+        if len(self.levels) == 2:
+            outer = self.levels[0]
+            return flat.reshape(int(outer[i + 1] - outer[i]), -1)
+        return flat
+
+
+def list_column(table: pa.Table, name: str) -> Column:
+    arr = table.column(name).combine_chunks()
+    nulls = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
+    levels = []
+    while pa.types.is_list(arr.type):
+        offsets = arr.offsets.to_numpy().astype(np.int64)
+        levels.append(offsets - offsets[0])
+        arr = arr.flatten()
+    return Column(arr.to_numpy(zero_copy_only=False), levels, nulls)
+
+
+def sentence_dict(columns: dict[str, Column], arrays: dict[str, tuple[np.ndarray, np.ndarray]], row: int,
+                  teacher: TeacherMeta) -> dict:
+    """The ``Store.get`` dict of table row ``row`` (see store/README.md for the keys)."""
+    out = {name: columns[name].row(row) for name in SCALARS}
+    for name in ("sid", "corpus", "split", "lang", "teacher", "shard"):
+        out[name] = str(out[name])
+    out["index"], out["length"] = int(out["index"]), int(out["length"])
+    out["tokens"] = np.asarray(columns["tokens"].row(row), dtype=str)
+    gold = columns["gold"].row(row)
+    out["gold"] = None if gold is None else np.asarray(gold, dtype=str)
+    gold_ids = columns["gold_ids"].row(row)
+    out["gold_ids"] = None if gold_ids is None else gold_ids.astype(np.int64)
+    for name in ("viterbi", "kbest_paths"):
+        out[name] = columns[name].row(row).astype(np.int64)
+    out["kbest_logprob"] = columns["kbest_logprob"].row(row).astype(np.float32)
+    out["log_z"], out["residual_mass"] = np.float32(out["log_z"]), np.float32(out["residual_mass"])
+    for name, (flat, offsets) in arrays.items():
+        out[name] = flat[offsets[row]:offsets[row + 1]]
+    for name in ("transitions", "start", "end"):
+        out[name] = teacher.arrays[name]
+    return out
+
+
+def build_frame(store, columns: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
+    """All shards' rows (manifest order) as one DataFrame; list columns hold numpy arrays."""
+    tables = [store.read_table(shard, columns) for shard in store.shards(split)]
+    if not tables:
+        empty = TABLE_SCHEMA.empty_table()
+        return (empty.select(columns) if columns else empty).to_pandas()
+    return pa.concat_tables(tables).to_pandas()

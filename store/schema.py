@@ -1,0 +1,206 @@
+"""The store's on-disk contract: layout, names, options, table schema (documented in store/README.md)."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+FORMAT = "structkd-store"
+SPLITS = ("train", "dev", "test", "unlabeled")
+TENSOR_MODES = ("potentials", "full")
+DTYPES = ("float16", "float32")
+DECODERS = ("crf", "maxent")
+
+MANIFEST = "manifest.json"
+TABLE_DIR = "table"
+TENSOR_DIR = "tensors"
+MARKER_DIR = "shards"
+TEACHER_DIR = "teachers"
+LOCK_FILE = ".lock"
+TMP_DIR = ".tmp"
+
+# Zarr arrays of one shard group: token-major flat arrays + int64 offsets (row i = [off[i], off[i+1])).
+TOKEN_OFFSETS = "offsets"  # [n + 1] into emissions / node rows
+EDGE_OFFSETS = "edge_offsets"  # [n + 1] into edge rows (a sentence of length L has L - 1)
+STORED_ARRAYS = {"potentials": ("emissions",), "full": ("emissions", "node", "edge")}
+TEACHER_ARRAYS = ("transitions", "start", "end", "allowed_transitions", "allowed_start", "allowed_end")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+_SHARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]+\.[0-9]{5,}")
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class StoreError(Exception):
+    """A store that cannot be opened, written or trusted; the message names the store, shard or sid."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process holds the store's write lock."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """A corpus or teacher name: letters, digits, '_' and '-' (it becomes part of file names)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise StoreError(f"{kind} name {value!r} must match {_NAME.pattern} (letters, digits, _ and -)")
+    return value
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise StoreError(f"split {split!r} must be one of {SPLITS}")
+    return split
+
+
+def shard_id(teacher: str, corpus: str, split: str, chunk: int) -> str:
+    """``teacher.corpus.split.00000``: chunk = index of the ``shard_size`` block in the corpus split."""
+    return f"{check_name('teacher', teacher)}.{check_name('corpus', corpus)}.{check_split(split)}.{chunk:05d}"
+
+
+def check_shard_id(value: str) -> str:
+    """Refuse any shard id that is not a plain file-name stem (no '/', '..', absolute paths)."""
+    if not isinstance(value, str) or not _SHARD.fullmatch(value):
+        raise StoreError(f"invalid shard id {value!r}: expected teacher.corpus.split.NNNNN")
+    return value
+
+
+def make_sid(corpus: str, split: str, index: int) -> str:
+    return f"{check_name('corpus', corpus)}/{check_split(split)}/{int(index)}"
+
+
+def parse_sid(sid: str) -> tuple[str, str, int]:
+    """``corpus/split/index`` -> (corpus, split, index), validated."""
+    parts = sid.split("/") if isinstance(sid, str) else []
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise StoreError(f"invalid sid {sid!r}: expected corpus/split/index")
+    return check_name("corpus", parts[0]), check_split(parts[1]), int(parts[2])
+
+
+def check_relpath(path: str) -> str:
+    """A store-relative file path from a manifest: '/'-separated plain parts, never '..' or absolute."""
+    parts = path.split("/") if isinstance(path, str) else [""]
+    if not all(_PART.fullmatch(p) and p not in (".", "..") for p in parts):
+        raise StoreError(f"unsafe path {path!r} in the store manifest")
+    return path
+
+
+def table_path(shard: str) -> str:
+    return f"{TABLE_DIR}/{check_shard_id(shard)}.parquet"
+
+
+def tensor_path(shard: str) -> str:
+    return f"{TENSOR_DIR}/{check_shard_id(shard)}.zarr"
+
+
+def marker_path(shard: str) -> str:
+    return f"{MARKER_DIR}/{check_shard_id(shard)}.json"
+
+
+def teacher_path(teacher: str) -> str:
+    return f"{TEACHER_DIR}/{check_name('teacher', teacher)}.zarr"
+
+
+@dataclass
+class StoreOptions:
+    """What a store holds; every shard of a store is written with the same options.
+
+    tensors: ``potentials`` stores emissions only and the reader recomputes node/edge marginals from
+    them (exact); ``full`` also stores node and edge marginals (probabilities below ``prune`` zeroed).
+    dtype: storage dtype of emissions, node and edge. Teacher outputs are computed from the emissions
+    rounded to this dtype, so the stored potentials and every stored quantity agree exactly.
+    """
+
+    k: int = 5
+    tau: float = 1.0
+    dtype: str = "float16"
+    tensors: str = "potentials"
+    prune: float = 0.0
+    shard_size: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.shard_size < 1:
+            raise StoreError(f"k and shard_size must be >= 1, got k={self.k}, shard_size={self.shard_size}")
+        if not self.tau > 0:
+            raise StoreError(f"tau must be > 0, got {self.tau}")
+        if self.dtype not in DTYPES:
+            raise StoreError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.tensors not in TENSOR_MODES:
+            raise StoreError(f"tensors must be one of {TENSOR_MODES}, got {self.tensors!r}")
+        if not 0.0 <= self.prune < 0.5 or (self.prune and self.tensors != "full"):
+            raise StoreError(f"prune must be in [0, 0.5) and needs tensors=full, got {self.prune}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TeacherMeta:
+    """One teacher of a store. ``transitions``/``start``/``end`` are the effective potentials the
+    stored quantities were computed from: -inf marks a factor the tag scheme forbids (CRF); zeros for a
+    MaxEnt teacher, whose constraints (``allowed_*``) only restrict its k-best and Viterbi paths."""
+
+    id: str
+    lang: str
+    labels: list[str]
+    scheme: str
+    decoder: str
+    fingerprint: str
+    k: int
+    tau: float
+    source: str = ""
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def transitions(self) -> np.ndarray:
+        return self.arrays["transitions"]
+
+    @property
+    def start(self) -> np.ndarray:
+        return self.arrays["start"]
+
+    @property
+    def end(self) -> np.ndarray:
+        return self.arrays["end"]
+
+    @property
+    def is_crf(self) -> bool:
+        return self.decoder == "crf"
+
+    def to_json(self) -> dict:
+        return {"lang": self.lang, "labels": list(self.labels), "scheme": self.scheme,
+                "decoder": self.decoder, "fingerprint": self.fingerprint, "k": self.k,
+                "tau": self.tau, "source": self.source, "tensors": teacher_path(self.id)}
+
+    @classmethod
+    def from_json(cls, teacher_id: str, data: dict, arrays: dict[str, np.ndarray]) -> TeacherMeta:
+        if data.get("decoder") not in DECODERS:
+            raise StoreError(f"teacher {teacher_id}: decoder must be one of {DECODERS}")
+        return cls(check_name("teacher", teacher_id), data["lang"], list(data["labels"]),
+                   data["scheme"], data["decoder"], data["fingerprint"], int(data["k"]),
+                   float(data["tau"]), data.get("source", ""), arrays)
+
+
+TABLE_SCHEMA = pa.schema(
+    [
+        ("sid", pa.string()),
+        ("corpus", pa.string()),
+        ("split", pa.string()),
+        ("lang", pa.string()),
+        ("teacher", pa.string()),
+        ("shard", pa.string()),
+        ("index", pa.int64()),
+        ("length", pa.int32()),
+        ("tokens", pa.list_(pa.string())),
+        ("gold", pa.list_(pa.string())),
+        ("gold_ids", pa.list_(pa.int16())),
+        ("viterbi", pa.list_(pa.int16())),
+        ("kbest_paths", pa.list_(pa.list_(pa.int16()))),
+        ("kbest_logprob", pa.list_(pa.float32())),
+        ("residual_mass", pa.float32()),
+        ("log_z", pa.float32()),
+    ],
+    metadata={b"structkd_schema_version": str(SCHEMA_VERSION).encode()},
+)
+TABLE_COLUMNS = tuple(TABLE_SCHEMA.names)

@@ -1,0 +1,92 @@
+"""Ragged tensors: flat token-major arrays + offsets <-> padded batches, and marginals recomputed
+from stored potentials (the reader's node / edge in ``potentials`` mode, and `verify`'s reference)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.crf import Constraints
+from pipeline.kd.types import StudentPotentials
+from pipeline.teacher_outputs import marginals, teacher_outputs
+from store.schema import TeacherMeta
+
+RECOMPUTE_TOKENS = 8192  # padded words per recompute batch
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """int64 offsets [n + 1] of rows of the given lengths."""
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
+
+
+def edge_offsets(offsets: np.ndarray) -> np.ndarray:
+    """Offsets into the flat edge array: a sentence of length L has L - 1 edge rows."""
+    return offsets - np.arange(len(offsets), dtype=np.int64)
+
+
+def length_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Indices grouped by length (longest first) so that rows * longest <= budget (>= 1 row each)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, current = [], []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * longest > budget:
+            batches.append(np.array(current))
+            current = []
+        current.append(i)
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def pad(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` of a flat [N, ...] array -> padded float32 tensor [B, L, ...] and mask [B, L]."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    out = np.zeros((len(rows), int(lengths.max())) + flat.shape[1:], dtype=np.float32)
+    for b, i in enumerate(rows):
+        out[b, :lengths[b]] = flat[offsets[i]:offsets[i + 1]]
+    mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def teacher_potentials(teacher: TeacherMeta, emissions: torch.Tensor) -> StudentPotentials:
+    """The teacher's potentials for a batch of stored emissions (effective factors, see TeacherMeta)."""
+    arrays = teacher.arrays
+    constraints = Constraints(*(torch.from_numpy(np.asarray(arrays[f"allowed_{name}"], dtype=bool))
+                                for name in ("transitions", "start", "end")))
+    if not teacher.is_crf:
+        return StudentPotentials(emissions, constraints=constraints)
+    trans, start, end = (torch.from_numpy(np.asarray(arrays[name], dtype=np.float32))
+                         for name in ("transitions", "start", "end"))
+    return StudentPotentials(emissions, trans, start, end, None)
+
+
+def recompute(teacher: TeacherMeta, emissions: np.ndarray, offsets: np.ndarray, k: int | None = None,
+              budget: int = RECOMPUTE_TOKENS) -> dict[str, np.ndarray]:
+    """Node [N, T] and edge [N - n, T, T] marginals (flat, float32) from stored emissions; with ``k``,
+    every teacher quantity: also ``log_z`` [n], ``viterbi`` (flat [N]), ``kbest_logprob`` [n, k]."""
+    lengths = np.diff(offsets)
+    num_labels = emissions.shape[1]
+    edges = edge_offsets(offsets)
+    out = {"node": np.zeros((int(offsets[-1]), num_labels), dtype=np.float32),
+           "edge": np.zeros((int(edges[-1]), num_labels, num_labels), dtype=np.float32)}
+    if k is not None:
+        out["log_z"] = np.zeros(len(lengths), dtype=np.float32)
+        out["viterbi"] = np.zeros(int(offsets[-1]), dtype=np.int64)
+        out["kbest_logprob"] = np.zeros((len(lengths), k), dtype=np.float32)
+    with torch.inference_mode():
+        for rows in length_batches(lengths, budget):
+            padded, mask = pad(emissions, offsets, rows)
+            pot = teacher_potentials(teacher, padded)
+            if k is None:
+                res = dict(zip(("node", "edge"), marginals(pot, mask, teacher.tau, teacher.is_crf)))
+            else:
+                res = teacher_outputs(pot, mask, k, teacher.tau, teacher.is_crf)
+            for b, i in enumerate(rows):
+                length = int(lengths[i])
+                out["node"][offsets[i]:offsets[i + 1]] = res["node"][b, :length].numpy()
+                out["edge"][edges[i]:edges[i + 1]] = res["edge"][b, :length - 1].numpy()
+                if k is not None:
+                    out["log_z"][i] = float(res["log_z"][b])
+                    out["viterbi"][offsets[i]:offsets[i + 1]] = res["viterbi"][b, :length].numpy()
+                    out["kbest_logprob"][i] = res["kbest_logprob"][b].numpy()
+    return out

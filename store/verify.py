@@ -1,0 +1,210 @@
+"""``verify_store(path) -> list of problems``: checksums, layout, and the invariants of every sentence
+recomputed from its stored potentials. Each problem names the shard (and sentence) at fault."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from pipeline.teacher_outputs import ROUNDING
+from store.files import BLOCK
+from store.frame import list_column
+from store.reader import Store, open_store
+from store.schema import (MARKER_DIR, TABLE_DIR, TEACHER_DIR, TENSOR_DIR, TOKEN_OFFSETS, StoreError,
+                          TeacherMeta, make_sid, marker_path, table_path, teacher_path, tensor_path)
+from store.tensors import edge_offsets, recompute
+
+QUANTUM = {"float16": 2.0 ** -11, "float32": 1e-6}  # rounding of a stored probability
+DP_TOL = 1e-5  # float32 dynamic programs run on different batch shapes
+
+
+def _sha256(store: Store, rel: str) -> str:
+    h = hashlib.sha256()
+    with store.fs.open(store.path(rel), "rb") as fh:
+        for block in iter(lambda: fh.read(BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _on_disk(store: Store, rel: str) -> set[str]:
+    """Store-relative paths of the files under ``rel`` (a file or folder); empty when absent."""
+    full = store.path(rel)
+    if not store.fs.exists(full):
+        return set()
+    found = store.fs.find(full) if store.fs.isdir(full) else [full]
+    prefix = store.root.lstrip("/") + "/"
+    return {p.lstrip("/")[len(prefix):] for p in found}
+
+
+def _check_files(store: Store, what: str, files: dict, owned: list[str]) -> list[str]:
+    """Every listed file exists, belongs to ``owned`` paths and matches its sha256; nothing unlisted."""
+    problems = []
+    for rel, digest in files.items():
+        if not any(rel == own or rel.startswith(own + "/") for own in owned):
+            problems.append(f"{what}: manifest lists foreign file {rel}")
+        elif not store.fs.exists(store.path(rel)):
+            problems.append(f"{what}: missing file {rel}")
+        elif _sha256(store, rel) != digest:
+            size = store.fs.size(store.path(rel))
+            problems.append(f"{what}: checksum mismatch in {rel} ({size} bytes; changed or truncated)")
+    on_disk = set().union(*(_on_disk(store, own) for own in owned))
+    problems += [f"{what}: unlisted file {rel}" for rel in sorted(on_disk - set(files))]
+    return problems
+
+
+def _lse(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    top = x.max() if len(x) else -np.inf
+    return float(top) if top == -np.inf else float(top + np.log(np.exp(x - top).sum()))
+
+
+def _path_logprob(teacher: TeacherMeta, em: np.ndarray, paths: np.ndarray, log_z: float) -> np.ndarray:
+    """Log-prob [P] of each path [P, L] from one sentence's stored emissions [L, T] (float64)."""
+    em = em.astype(np.float64) / teacher.tau
+    positions = np.arange(em.shape[0])
+    a = teacher.arrays
+    bad = ~a["allowed_start"][paths[:, 0]] | ~a["allowed_end"][paths[:, -1]]
+    bad |= (~a["allowed_transitions"][paths[:, :-1], paths[:, 1:]]).any(1)
+    if teacher.is_crf:
+        with np.errstate(invalid="ignore"):
+            trans, start, end = (a[n].astype(np.float64) / teacher.tau
+                                 for n in ("transitions", "start", "end"))
+            score = em[positions, paths].sum(1) + start[paths[:, 0]] + end[paths[:, -1]]
+            score = score + trans[paths[:, :-1], paths[:, 1:]].sum(1)
+        out = score - log_z
+    else:
+        log_soft = em - np.logaddexp.reduce(em, axis=1, keepdims=True)
+        out = log_soft[positions, paths].sum(1)
+    return np.where(bad, -np.inf, out)
+
+
+def _sentence(sid: str, L: int, cols: dict, row: int, teacher: TeacherMeta, em: np.ndarray,
+              node: np.ndarray, edge: np.ndarray, ref: dict, mtol: float) -> list[str]:
+    """Problems of one sentence (empty when every invariant holds)."""
+    out = []
+    T = len(teacher.labels)
+    log_z = float(cols["log_z"].row(row))
+    ztol = float(ROUNDING * (L + 1) * (1 + abs(log_z))) + DP_TOL
+    lp = cols["kbest_logprob"].row(row).astype(np.float64)
+    paths = cols["kbest_paths"].row(row).astype(np.int64)
+    viterbi = cols["viterbi"].row(row).astype(np.int64)
+    tokens = cols["tokens"].row(row)
+
+    def fail(what: str) -> None:
+        out.append(f"sentence {sid}: {what}")
+
+    if len(tokens) != L or len(viterbi) != L or paths.shape != (len(lp), L):
+        return [f"sentence {sid}: tokens / viterbi / k-best shapes do not match length {L}"]
+    if not np.isfinite(em).all():
+        fail("emissions are not finite")
+    if np.abs(node.sum(1) - 1).max(initial=0) > T * mtol:
+        fail(f"node marginals do not sum to 1 (max error {np.abs(node.sum(1) - 1).max():.2e})")
+    sides = max(np.abs(edge.sum(2) - node[:-1]).max(initial=0), np.abs(edge.sum(1) - node[1:]).max(initial=0))
+    if sides > (T + 1) * mtol:
+        fail(f"edge marginals summed over one side differ from the node marginals (max {sides:.2e})")
+    stored = max(np.abs(node - ref["node"]).max(initial=0), np.abs(edge - ref["edge"]).max(initial=0))
+    if stored > mtol:
+        fail(f"stored marginals differ from those recomputed from the potentials (max {stored:.2e})")
+    if abs(log_z - ref["log_z"]) > ztol:
+        fail(f"log Z {log_z:.6f} != {ref['log_z']:.6f} recomputed from the potentials")
+    real = np.isfinite(lp)
+    if np.any(np.diff(lp) > ztol) or (real[1:] & ~real[:-1]).any():
+        fail(f"k-best log-probs are not sorted best first: {lp.tolist()}")
+    if np.any(lp > ztol) or _lse(lp) > ztol:
+        fail(f"k-best log-probs exceed 0 or sum above 1: {lp.tolist()}")
+    if paths.min(initial=0) < 0 or paths.max(initial=0) >= T or np.any(paths[~real] != 0):
+        fail("k-best paths hold labels out of range or non-zero surplus rows")
+    ref_lp = ref["kbest_logprob"].astype(np.float64)
+    same = np.array_equal(np.isfinite(ref_lp), real)
+    if not same or np.abs(lp[real] - ref_lp[real]).max(initial=0) > 2 * ztol:
+        fail(f"k-best log-probs {lp.tolist()} differ from the recomputed k best {ref_lp.tolist()}")
+    own = _path_logprob(teacher, em, paths[real], ref["log_z"]) if real.any() else np.zeros(0)
+    if np.abs(own - lp[real]).max(initial=0) > 2 * ztol or not np.isfinite(own).all():
+        fail(f"k-best log-probs {lp[real].tolist()} are not those of the stored paths ({own.tolist()})")
+    residual = float(cols["residual_mass"].row(row))
+    expected = max(0.0, -np.expm1(_lse(lp)))
+    if abs(residual - expected) > 2 * ztol + 1e-6:
+        fail(f"residual mass {residual:.3e} != 1 - sum p = {expected:.3e}")
+    tied = _path_logprob(teacher, em, np.stack([viterbi, ref["viterbi"]]), ref["log_z"])
+    if real.any() and not np.array_equal(paths[0], viterbi) and abs(tied[0] - lp[0]) > 2 * ztol:
+        fail("the best k-best path is not the Viterbi path")
+    if tied[1] > tied[0] + 2 * ztol:
+        fail("the stored Viterbi path is not the best path of the potentials")
+    gold, gold_ids = cols["gold"].row(row), cols["gold_ids"].row(row)
+    index = {label: i for i, label in enumerate(teacher.labels)}
+    expected_ids = None if gold is None else [index.get(g, -1) for g in gold]
+    stored_ids = None if gold_ids is None else list(gold_ids)
+    if expected_ids != stored_ids or (gold is not None and len(gold) != L):
+        fail("gold / gold_ids do not agree with the teacher's labels")
+    return out
+
+
+def check_shard(store: Store, shard: str, max_problems: int = 10) -> list[str]:
+    """Invariants of every sentence of one shard, recomputed from its stored potentials."""
+    info = store.shard_info(shard)
+    teacher = store.teachers.get(info["teacher"])
+    if teacher is None:
+        return [f"shard {shard}: unknown teacher {info['teacher']}"]
+    try:
+        table = store.read_table(shard)
+        stored = store.read_stored(shard)
+    except StoreError as err:
+        return [str(err)]
+    cols = {name: list_column(table, name) for name in table.column_names}
+    offsets = stored[TOKEN_OFFSETS]
+    edges = edge_offsets(offsets)
+    em = stored["emissions"].astype(np.float32)
+    ref = recompute(teacher, em, offsets, k=teacher.k)
+    full = "node" in stored
+    node = stored["node"].astype(np.float32) if full else ref["node"]
+    edge = stored["edge"].astype(np.float32) if full else ref["edge"]
+    mtol = QUANTUM[store.options.dtype] + store.options.prune + DP_TOL if full else DP_TOL
+    problems = []
+    for row in range(table.num_rows):
+        sid = str(cols["sid"].row(row))
+        L = int(cols["length"].row(row))
+        expected = make_sid(info["corpus"], info["split"], info["first_index"] + row)
+        if sid != expected or L != offsets[row + 1] - offsets[row]:
+            problems.append(f"shard {shard}: row {row} is {sid!r} of length {L}, expected sentence "
+                            f"{info['first_index'] + row} of {info['corpus']}/{info['split']}")
+            continue
+        a, b, e0, e1 = offsets[row], offsets[row + 1], edges[row], edges[row + 1]
+        sent_ref = {"node": ref["node"][a:b], "edge": ref["edge"][e0:e1], "log_z": float(ref["log_z"][row]),
+                    "viterbi": ref["viterbi"][a:b], "kbest_logprob": ref["kbest_logprob"][row]}
+        problems += [f"shard {shard}, {p}" for p in
+                     _sentence(sid, L, cols, row, teacher, em[a:b], node[a:b], edge[e0:e1], sent_ref, mtol)]
+        if len(problems) >= max_problems:
+            return problems + [f"shard {shard}: stopped after {max_problems} problems"]
+    return problems
+
+
+def verify_store(path: str | os.PathLike, storage_options: dict | None = None, *,
+                 invariants: bool = True) -> list[str]:
+    """All problems of the store at ``path`` (local path or fsspec URL); an empty list means valid."""
+    try:
+        store = open_store(path, storage_options)
+    except StoreError as err:
+        return [str(err)]
+    manifest = store.manifest
+    problems, owned = [], set()
+    for tid, entry in manifest["teachers"].items():
+        problems += _check_files(store, f"teacher {tid}", entry.get("files", {}), [teacher_path(tid)])
+        owned.add(teacher_path(tid))
+    for shard, entry in manifest["shards"].items():
+        own = [table_path(shard), tensor_path(shard)]
+        owned.update(own + [marker_path(shard)])
+        found = _check_files(store, f"shard {shard}", entry.get("files", {}), own)
+        if not store.fs.exists(store.path(marker_path(shard))):
+            found.append(f"shard {shard}: completion marker {marker_path(shard)} missing")
+        problems += found
+        if not found and invariants:
+            problems += check_shard(store, shard)
+    for sub in (TABLE_DIR, TENSOR_DIR, MARKER_DIR, TEACHER_DIR):
+        for rel in sorted(_on_disk(store, sub)):
+            if not any(rel == own or rel.startswith(own + "/") for own in owned):
+                problems.append(f"stray file {rel}: belongs to no shard or teacher of the manifest")
+    if manifest.get("pending"):
+        problems.append(f"store incomplete: {len(manifest['pending'])} planned shard(s) not written, "
+                        f"first {manifest['pending'][0]}")
+    return problems
