@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import typer
+from transformers.utils import logging as hf_logging
 
 from stages import annotate, distill, evaluate, predict, prepare, report, store_cmd, train_teacher
+
+hf_logging.disable_progress_bar()
 
 app = typer.Typer(
     name="structkd",
