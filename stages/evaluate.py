@@ -42,13 +42,14 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
 def main(
     params: Optional[Path] = typer.Option(Path("params.yaml"), help="params.yaml to read."),
     section: str = typer.Option("evaluate", help="Section of params.yaml."),
-    model: Optional[list[str]] = typer.Option(None, help="NAME=FOLDER, replaces the params' models."),
+    model: Optional[list[str]] = typer.Option(
+        None, help="NAME=FOLDER: score only these models (not the params' models and runs)."),
     out: Optional[str] = typer.Option(None, help="JSON file to write."),
 ) -> None:
     """Entity P/R/F1 (seqeval; strict for BIOES) or token accuracy (POS) of each model."""
     models = dict(m.split("=", 1) for m in model) if model else None
     cfg: EvaluateConfig = load_config(
         EvaluateConfig, params if params and params.exists() else None, [section],
-        {"models": models, "out": out, "methods": top_level_methods(params)})
+        {"models": models, "out": out, "methods": [] if models else top_level_methods(params)})
     write_json(cfg.out, evaluate_models(cfg))
     console.print(f"wrote {cfg.out}")

@@ -21,11 +21,12 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
     """One row per (method, corpus split): P/R/F1, epoch time, KD overhead, gap closed."""
     evaluation = json.loads(Path(cfg.evaluate).read_text())
     teacher = evaluation.get(cfg.teacher, {})
-    epoch_seconds = {}
+    epoch_seconds, per_k_sentences = {}, {}
     for method in cfg.methods:
         run = json.loads((Path(cfg.runs_dir) / method / "metrics.json").read_text())
         epoch_seconds[method] = statistics.median(run["epoch_seconds"])
-    base_time = epoch_seconds.get(cfg.baseline)
+        per_k_sentences[method] = 1000 * epoch_seconds[method] / run["train_sentences"]
+    base_time = per_k_sentences.get(cfg.baseline)
     rows = []
     for method in cfg.methods:
         for key, metrics in evaluation.get(method, {}).items():
@@ -33,7 +34,8 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
             row = {"method": method, "data": key, "precision": metrics.get("precision"),
                    "recall": metrics.get("recall"), "score": score,
                    "epoch_s": epoch_seconds[method],
-                   "overhead": epoch_seconds[method] / base_time if base_time else None}
+                   "s_per_1k": per_k_sentences[method],
+                   "overhead": per_k_sentences[method] / base_time if base_time else None}
             base = evaluation.get(cfg.baseline, {}).get(key)
             if key in teacher and base is not None:
                 gap = _score(teacher[key]) - _score(base)
@@ -51,14 +53,17 @@ def render(rows: list[dict], cfg: ReportConfig) -> str:
     lines = ["# structkd report", "",
              f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
              "(seqeval) or token accuracy; gap closed = (method - baseline) / (teacher - baseline); "
-             "epoch s = median training seconds per epoch (dev evaluation excluded).",
-             "", "| method | data | P | R | F1/acc | teacher | gap closed | epoch s | vs none |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "epoch s = median training seconds per epoch (dev evaluation excluded); vs none = "
+             "training time per sentence relative to the baseline (runs with unlabeled rows see "
+             "more sentences per epoch).",
+             "", "| method | data | P | R | F1/acc | teacher | gap closed | epoch s | s / 1k sent. | "
+             "vs none |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['data']} | {_fmt(r['precision'], '.4f')} | "
             f"{_fmt(r['recall'], '.4f')} | {r['score']:.4f} | {_fmt(r.get('teacher'), '.4f')} | "
-            f"{_fmt(r.get('gap_closed'), '.1%')} | {r['epoch_s']:.1f} | {_fmt(r['overhead'], '.2f')}x |")
+            f"{_fmt(r.get('gap_closed'), '.1%')} | {r['epoch_s']:.1f} | {r['s_per_1k']:.2f} | "
+            f"{_fmt(r['overhead'], '.2f')}x |")
     lines += ["", f"![scores]({Path(cfg.chart).name})", ""]
     return "\n".join(lines)
 
