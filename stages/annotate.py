@@ -24,7 +24,8 @@ from pipeline.corpus import Sentence, read_corpus
 from pipeline.kd.types import StudentPotentials
 from pipeline.tagger import Tagger
 from pipeline.teacher_outputs import teacher_outputs
-from stages.common import console, load_config, resolve_device
+from pipeline.trainer import resolve_device
+from stages.common import console, load_config
 from store.schema import (SPLITS, StoreError, StoreOptions, TeacherMeta, check_name, check_split,
                           make_sid, shard_id)
 from store.tensors import length_batches

@@ -10,8 +10,9 @@ from pipeline.config import EvaluateConfig
 from pipeline.corpus import read_corpus
 from pipeline.metrics import evaluate_tags
 from pipeline.tagger import Tagger
-from pipeline.trainer import predict
-from stages.common import console, load_config, resolve_device, top_level_methods, write_json
+from pipeline.trainer import predict, resolve_device
+from stages.common import console, load_config, top_level_methods
+from store.files import atomic_json
 
 
 def evaluate_models(cfg: EvaluateConfig) -> dict:
@@ -51,5 +52,5 @@ def main(
     cfg: EvaluateConfig = load_config(
         EvaluateConfig, params if params and params.exists() else None, [section],
         {"models": models, "out": out, "methods": [] if models else top_level_methods(params)})
-    write_json(cfg.out, evaluate_models(cfg))
+    atomic_json(Path(cfg.out), evaluate_models(cfg))
     console.print(f"wrote {cfg.out}")

@@ -9,7 +9,8 @@ import typer
 from pipeline.config import PrepareConfig
 from pipeline.corpus import read_corpus
 from pipeline.schemes import detect_scheme
-from stages.common import console, load_config, write_json
+from stages.common import console, load_config
+from store.files import atomic_json
 
 
 def summarize(cfg: PrepareConfig) -> dict:
@@ -43,5 +44,5 @@ def main(
     """Validate the corpora of params.yaml and summarise them."""
     cfg: PrepareConfig = load_config(
         PrepareConfig, params if params and params.exists() else None, [section], {"out": out})
-    write_json(cfg.out, summarize(cfg))
+    atomic_json(Path(cfg.out), summarize(cfg))
     console.print(f"wrote {cfg.out}")

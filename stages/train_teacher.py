@@ -10,7 +10,9 @@ import typer
 from pipeline.config import TeacherConfig
 from pipeline.corpus import read_corpus
 from pipeline.trainer import train_tagger
-from stages.common import config_dict, console, load_config, write_json
+from pipeline.config import to_dict
+from stages.common import console, load_config
+from store.files import atomic_json
 
 
 def main(
@@ -43,9 +45,9 @@ def main(
         "train_sentences": len(train),
         "train_seconds": round(seconds, 1),
         "history": history,
-        "config": config_dict(cfg),
+        "config": to_dict(cfg),
     }
-    write_json(Path(cfg.out) / "metrics.json", summary)
+    atomic_json(Path(cfg.out) / "metrics.json", summary)
     if metrics is not None:
-        write_json(metrics, summary)
+        atomic_json(metrics, summary)
     console.print(f"saved {cfg.out} in {seconds:.0f} s")
