@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from pipeline import crf
 from pipeline.kd.base import Objective
 from pipeline.kd.nll import nll
-from pipeline.kd.student import log1mexp, path_log_probs, weighted
+from pipeline.kd.student import log1mexp, log_partition, path_log_probs, weighted
 from pipeline.kd.types import StudentPotentials, TeacherTargets
+from pipeline.teacher_outputs import ROUNDING
 
 NEG_INF = float("-inf")
 # Cap on log p_s_sum: the student's k-path log-mass is (score - log Z) in float32, whose rounding can
@@ -27,6 +28,17 @@ def _check_k(k: int | None) -> int | None:
     if k is not None and (not isinstance(k, int) or k < 1):
         raise ValueError(f"k must be a positive int or None (all stored paths), got {k!r}")
     return k
+
+
+def mass_resolution(student: StudentPotentials, mask: Tensor) -> Tensor:
+    """[B] the float32 rounding bound of a student path log-prob ``score - log Z``:
+    ``ROUNDING * (L + 1) * (1 + |log Z_s|)``, as for the teacher's residual mass (teacher_outputs)."""
+    with torch.no_grad():
+        if student.is_crf:
+            log_z = log_partition(student, mask)
+        else:
+            log_z = torch.logsumexp(student.emissions.float(), -1).masked_fill(~mask, 0.0).sum(1)
+    return ROUNDING * (mask.sum(1) + 1) * (1 + log_z.abs())
 
 
 def kbest_log_probs(student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
@@ -133,7 +145,12 @@ class MultiGrained(Objective):
             log_ps, log_pt, _ = kbest_log_probs(student, teacher, mask, self.k)
             residual_t = (-torch.expm1(crf.logsumexp(log_pt, 1))).clamp(0.0, 1.0)
             log_ps_sum = crf.logsumexp(log_ps, 1)
-            residual_term = -weighted(residual_t, log1mexp(log_ps_sum.clamp(max=LOG_MASS_CAP)))
+            # Where the student's mass outside the k paths is below float32 resolution (e.g. the k
+            # paths are all its allowed paths), the gradient of log(1 - p_s_sum) would be rounding
+            # noise amplified by 1 / |log p_s_sum|: it is stopped there (the value is unchanged).
+            resolved = log_ps_sum < -mass_resolution(student, mask)
+            capped = torch.where(resolved, log_ps_sum, log_ps_sum.detach().clamp(max=LOG_MASS_CAP))
+            residual_term = -weighted(residual_t, log1mexp(capped))
             if "ce" in self.parts:
                 values["ce"] = -weighted(log_pt.exp(), log_ps).sum(1) + residual_term
             if "fuzzy" in self.parts:

@@ -34,23 +34,38 @@ def log1mexp(x: Tensor) -> Tensor:
 
 
 def log_partition(student: StudentPotentials, mask: Tensor, *, tau: float = 1.0) -> Tensor:
-    """log Z_s [B] of a CRF student (its constraints applied)."""
-    return crf.log_partition(student.emissions, student.transitions, mask, student.start,
-                             student.end, constraints=student.constraints, tau=tau)
+    """log Z_s [B] of a CRF student (its constraints applied), computed once per (mask, tau) and
+    shared by every loss term of a step (the KD objective and the gold NLL)."""
+    for memo_mask, memo_tau, log_z in student.log_z_memo:
+        if memo_mask is mask and memo_tau == tau:
+            return log_z
+    log_z = crf.log_partition(student.emissions, student.transitions, mask, student.start,
+                              student.end, constraints=student.constraints, tau=tau)
+    student.log_z_memo.append((mask, tau, log_z))
+    return log_z
+
+
+def _per_path(x: Tensor | None, k: int, batched_dims: int) -> Tensor | None:
+    """Repeat a per-sentence tensor once per path (shared [T, T] / [T] tensors stay as they are)."""
+    if x is None or x.dim() < batched_dims:
+        return x
+    return x.repeat_interleave(k, 0)
 
 
 def path_log_probs(student: StudentPotentials, paths: Tensor, mask: Tensor, *,
                    tau: float = 1.0) -> Tensor:
-    """log p_s(y | x) [B, K] of the label sequences ``paths`` [B, K, L] (CRF or MaxEnt student)."""
+    """log p_s(y | x) [B, K] of the label sequences ``paths`` [B, K, L] (CRF or MaxEnt student);
+    the K paths of every sentence are scored in one batched call."""
+    batch, k, length = paths.shape
+    flat_paths = paths.reshape(batch * k, length)
+    emissions, flat_mask = _per_path(student.emissions, k, 3), _per_path(mask, k, 2)
     if student.is_crf:
-        log_z = log_partition(student, mask, tau=tau)
-        scores = [crf.path_score(student.emissions, student.transitions, paths[:, j], mask,
-                                 student.start, student.end, constraints=student.constraints,
-                                 tau=tau) for j in range(paths.shape[1])]
-        return torch.stack(scores, 1) - log_z.unsqueeze(1)
-    scores = [crf.maxent_path_score(student.emissions, paths[:, j], mask, tau=tau)
-              for j in range(paths.shape[1])]
-    return torch.stack(scores, 1)
+        scores = crf.path_score(emissions, _per_path(student.transitions, k, 3), flat_paths,
+                                flat_mask, _per_path(student.start, k, 2),
+                                _per_path(student.end, k, 2), constraints=student.constraints,
+                                tau=tau).view(batch, k)
+        return scores - log_partition(student, mask, tau=tau).unsqueeze(1)
+    return crf.maxent_path_score(emissions, flat_paths, flat_mask, tau=tau).view(batch, k)
 
 
 def node_log_marginals(student: StudentPotentials, mask: Tensor, *, tau: float = 1.0) -> Tensor:

@@ -34,6 +34,8 @@ class StudentPotentials:
     start: Tensor | None = None
     end: Tensor | None = None
     constraints: Any = None
+    # log Z per (mask, tau), shared by the KD objective and the gold NLL of one training step
+    log_z_memo: list = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     @property
     def is_crf(self) -> bool:
@@ -41,7 +43,7 @@ class StudentPotentials:
 
     def to(self, device: torch.device | str) -> StudentPotentials:
         return StudentPotentials(**{f.name: _move(getattr(self, f.name), device)
-                                    for f in dataclasses.fields(self)})
+                                    for f in dataclasses.fields(self) if f.name != "log_z_memo"})
 
 
 @dataclass
