@@ -27,7 +27,7 @@ from pipeline.config import DistillConfig, KDConfig, to_dict
 from pipeline.kd import StudentPotentials, TeacherTargets, build_objective, combine, lambda_for
 from pipeline.kd.registry import objective_options
 from pipeline.metrics import evaluate_groups, main_score
-from pipeline.stream import KBEST_FIELDS, Batch, StoreStream, check_store, open_checked
+from pipeline.stream import KBEST_FIELDS, Batch, StoreStream, check_store, open_checked, verify_files
 from pipeline.tagger import Tagger, build_tagger
 from pipeline.teacher_outputs import teacher_outputs
 from pipeline.trainer import param_groups, predict, resolve_device, seed_everything, warmup_linear
@@ -123,9 +123,11 @@ class OnlineTeacher:
 
 
 def eval_rows(store: Store, split: str) -> list[dict]:
-    """Labeled sentences of ``split`` (tokens, gold, lang), one per sid, in manifest order."""
+    """Labeled sentences of ``split`` (tokens, gold, lang), one per sid, in manifest order; each
+    shard's files are checked against their manifest checksums first, as the stream does."""
     seen: dict[str, dict] = {}
     for shard in store.shards(split):
+        verify_files(store, store.shard_info(shard).get("files", {}), f"shard {shard}")
         table = store.read_table(shard, ["sid", "lang", "tokens", "gold"]).to_pylist()
         for row in table:
             if row["gold"] is not None and row["sid"] not in seen:

@@ -96,7 +96,7 @@ def open_checked(path: str) -> Store:
         return open_store(path)
     except StoreError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise StoreError(f"{path}: cannot open the store ({type(err).__name__}: {err}); it may be "
                          "damaged: run `structkd store verify`") from None
 
@@ -104,8 +104,8 @@ def open_checked(path: str) -> Store:
 def check_store(store: Store, labels: list[str] | None = None) -> tuple[list[str], str]:
     """The store's label list and tag scheme, refusing a store a student cannot be trained from: an
     incomplete one, teachers with different label lists or schemes, another label list than
-    ``labels`` (the student's), or teacher files that fail their checksums. (``open_store`` already
-    refuses another schema version.)"""
+    ``labels`` (the student's), shards of a teacher the store does not hold, or teacher files that
+    fail their checksums. (``open_store`` already refuses another schema version.)"""
     if not store.teachers:
         raise StoreError(f"{store.url}: the store has no teacher")
     if not store.complete:
@@ -119,6 +119,10 @@ def check_store(store: Store, labels: list[str] | None = None) -> tuple[list[str
     if labels is not None and list(labels) != store_labels:
         raise StoreError(f"{store.url}: the store's labels {store_labels} do not match the student's "
                          f"{list(labels)}")
+    unknown = sorted({str(e.get("teacher")) for e in store.manifest["shards"].values()} - set(store.teachers))
+    if unknown:
+        raise StoreError(f"{store.url}: shards of unknown teacher(s) {unknown}; the manifest is damaged "
+                         "(`structkd store verify`)")
     schemes = sorted({t.scheme for t in store.teachers.values()})
     if len(schemes) != 1:
         raise StoreError(f"{store.url}: teachers use different tag schemes {schemes}")

@@ -28,8 +28,9 @@ class Store:
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = self.root.rstrip("/")
+        self.real_root = os.path.realpath(self.root) if isinstance(self.fs, LocalFileSystem) else None
         try:
-            with self.fs.open(f"{self.root}/{MANIFEST}", "rb") as fh:
+            with self.fs.open(self.path(MANIFEST), "rb") as fh:
                 manifest = json.loads(fh.read().decode("utf-8"))
         except FileNotFoundError:
             raise StoreError(f"{self.url}: no {MANIFEST} (not a store, or never written)") from None
@@ -48,8 +49,14 @@ class Store:
         self._cache: tuple[str, pa.Table, dict] | None = None
 
     def path(self, rel: str) -> str:
-        """Full path (in ``self.fs``) of a store-relative path; never outside the store."""
-        return f"{self.root}/{check_relpath(rel)}"
+        """Full path (in ``self.fs``) of a store-relative path; never outside the store (a local path
+        that a symbolic link takes out of the store is refused)."""
+        full = f"{self.root}/{check_relpath(rel)}"
+        if self.real_root is not None:
+            real = os.path.realpath(full)
+            if real != self.real_root and not real.startswith(self.real_root + os.sep):
+                raise StoreError(f"{self.url}: {rel} is a symbolic link out of the store")
+        return full
 
     def _group(self, rel: str) -> zarr.Group:
         if isinstance(self.fs, LocalFileSystem):
@@ -70,7 +77,7 @@ class Store:
     @property
     def complete(self) -> bool:
         """True when every shard the last annotate run planned is written (``manifest["pending"]`` empty)."""
-        return bool(self.manifest.get("complete"))
+        return bool(self.manifest.get("complete")) and not self.manifest.get("pending")
 
     @property
     def labels(self) -> list[str]:

@@ -28,8 +28,12 @@ def _sha256(store: Store, rel: str) -> str:
 
 
 def _on_disk(store: Store, rel: str) -> set[str]:
-    """Store-relative paths of the files under ``rel`` (a file or folder); empty when absent."""
-    full = store.path(rel)
+    """Store-relative paths of the files under ``rel`` (a file or folder); empty when absent or
+    outside the store (a symbolic link: the files listed there are reported by ``_check_files``)."""
+    try:
+        full = store.path(rel)
+    except StoreError:
+        return set()
     if not store.fs.exists(full):
         return set()
     found = store.fs.find(full) if store.fs.isdir(full) else [full]
@@ -43,10 +47,16 @@ def _check_files(store: Store, what: str, files: dict, owned: list[str]) -> list
     for rel, digest in files.items():
         if not any(rel == own or rel.startswith(own + "/") for own in owned):
             problems.append(f"{what}: manifest lists foreign file {rel}")
-        elif not store.fs.exists(store.path(rel)):
+            continue
+        try:
+            full = store.path(rel)
+        except StoreError as err:
+            problems.append(f"{what}: {err}")
+            continue
+        if not store.fs.exists(full):
             problems.append(f"{what}: missing file {rel}")
         elif _sha256(store, rel) != digest:
-            size = store.fs.size(store.path(rel))
+            size = store.fs.size(full)
             problems.append(f"{what}: checksum mismatch in {rel} ({size} bytes; changed or truncated)")
     on_disk = set().union(*(_on_disk(store, own) for own in owned))
     problems += [f"{what}: unlisted file {rel}" for rel in sorted(on_disk - set(files))]
@@ -186,6 +196,9 @@ def verify_store(path: str | os.PathLike, storage_options: dict | None = None, *
         store = open_store(path, storage_options)
     except StoreError as err:
         return [str(err)]
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # damaged metadata
+        return [(f"{path}: cannot open the store ({type(err).__name__}: {err}); the manifest or a "
+                 "teacher file is damaged")]
     manifest = store.manifest
     problems, owned = [], set()
     for tid, entry in manifest["teachers"].items():
@@ -204,7 +217,8 @@ def verify_store(path: str | os.PathLike, storage_options: dict | None = None, *
         for rel in sorted(_on_disk(store, sub)):
             if not any(rel == own or rel.startswith(own + "/") for own in owned):
                 problems.append(f"stray file {rel}: belongs to no shard or teacher of the manifest")
-    if manifest.get("pending"):
-        problems.append(f"store incomplete: {len(manifest['pending'])} planned shard(s) not written, "
-                        f"first {manifest['pending'][0]}")
+    if not store.complete:
+        pending = manifest.get("pending") or []
+        problems.append(f"store incomplete: {len(pending)} planned shard(s) not written"
+                        + (f", first {pending[0]}" if pending else " (annotate did not finish)"))
     return problems

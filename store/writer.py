@@ -135,7 +135,14 @@ class StoreWriter:
                                      "options": self.options.to_json(), "teachers": {}, "shards": {},
                                      "pending": [], "complete": False}
         self.previous_teachers = {t["fingerprint"] for t in self.manifest["teachers"].values()}
+        linked = [sub for sub in (TABLE_DIR, TENSOR_DIR, MARKER_DIR, TEACHER_DIR, TMP_DIR)
+                  if (self.root / sub).is_symlink()]
+        if linked:  # finalize deletes the files it does not list: never in a folder outside the store
+            raise StoreError(f"{self.root}: {linked} are symbolic links; a store's folders must be real "
+                             "folders inside it")
         shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)
+        for leftover in self.root.glob(f".{MANIFEST}.tmp-*"):  # a killed writer's unrenamed manifest
+            leftover.unlink()
         for sub in (TABLE_DIR, TENSOR_DIR, MARKER_DIR, TMP_DIR):
             (self.root / sub).mkdir(exist_ok=True)
 

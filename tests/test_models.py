@@ -170,7 +170,7 @@ def model_cfg(kind: str, decoder: str, bert: str, constraints: bool = True) -> M
 
 @pytest.mark.parametrize("kind,decoder", [("transformer", "crf"), ("transformer", "maxent"),
                                           ("bilstm", "crf"), ("bilstm", "maxent")])
-def test_tagger_interface_and_save_load(bert, tmp_path, kind, decoder):
+def test_tagger_interface_and_save_load(bert, tmp_path, monkeypatch, kind, decoder):
     torch.manual_seed(0)
     tagger = build_tagger(model_cfg(kind, decoder, bert), LABELS, "IOB2", vocab_sentences=SENTS).eval()
     assert tagger.labels == LABELS and tagger.scheme == "IOB2" and tagger.is_crf == (decoder == "crf")
@@ -189,6 +189,15 @@ def test_tagger_interface_and_save_load(bert, tmp_path, kind, decoder):
     meta = json.loads((folder / "config.json").read_text())
     assert meta["labels"] == LABELS and meta["decoder"] == decoder
     assert (folder / ("encoder/tokenizer.json" if kind == "transformer" else "vocab.json")).exists()
+    files = [p for p in folder.rglob("*") if p.is_file()]  # weights only through safetensors
+    assert {p.suffix for p in files} <= {".json", ".safetensors", ".txt"}
+    assert [p.name for p in files if p.suffix == ".safetensors"] == ["model.safetensors"]
+
+    def unsafe(*args, **kwargs):
+        raise AssertionError("Tagger.load used a pickle-based loader")
+
+    for target in ("torch.load", "pickle.load", "pickle.loads", "pickle.Unpickler"):
+        monkeypatch.setattr(target, unsafe)
     loaded = Tagger.load(folder)
     assert not loaded.training
     again, _ = loaded.potentials(SENTS)

@@ -32,12 +32,12 @@ def _check_k(k: int | None) -> int | None:
 
 def mass_resolution(student: StudentPotentials, mask: Tensor) -> Tensor:
     """[B] the float32 rounding bound of a student path log-prob ``score - log Z``:
-    ``ROUNDING * (L + 1) * (1 + |log Z_s|)``, as for the teacher's residual mass (teacher_outputs)."""
-    with torch.no_grad():
-        if student.is_crf:
-            log_z = log_partition(student, mask)
-        else:
-            log_z = torch.logsumexp(student.emissions.float(), -1).masked_fill(~mask, 0.0).sum(1)
+    ``ROUNDING * (L + 1) * (1 + |log Z_s|)``, as for the teacher's residual mass (teacher_outputs).
+    A CRF student's log Z is the one its path log-probs used (shared per step)."""
+    if student.is_crf:
+        log_z = log_partition(student, mask).detach()
+    else:
+        log_z = torch.logsumexp(student.emissions.detach().float(), -1).masked_fill(~mask, 0.0).sum(1)
     return ROUNDING * (mask.sum(1) + 1) * (1 + log_z.abs())
 
 
