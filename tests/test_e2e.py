@@ -36,11 +36,11 @@ def tiny_params(root: Path) -> dict:
         "methods": METHODS,
         "teacher_keys": ["en"],
         "prepare": {"corpora": [corpus, unlabeled], "out": "metrics/prepare.json"},
-        "teachers": {"en": {"name": "teacher-en", "corpus": corpus, "out": "models/teacher-en",
+        "teachers": {"en": {"name": "teacher-en", "corpus": corpus, "out": "models/teachers/en",
                             "model": {"encoder": {"kind": "transformer", "name": str(bert)},
                                       "decoder": {"kind": "crf"}},
                             "optim": {"epochs": 1, "batch_size": 8, "lr": 1e-3}}},
-        "annotate": {"teachers": {"en": "models/teacher-en"}, "corpora": [corpus, unlabeled],
+        "annotate": {"teachers": {"en": "models/teachers/en"}, "corpora": [corpus, unlabeled],
                      "out": "stores/tiny", "k": 3, "shard_size": 16},
         "distill": {"store": "stores/tiny", "model": bilstm,
                     "optim": {"epochs": 2, "lr": 1e-2, "warmup": 0.0}, "batch_tokens": 200},
@@ -48,7 +48,7 @@ def tiny_params(root: Path) -> dict:
                          "structural": {"kd": {"method": "structural"}},
                          "multigrained": {"kd": {"method": "multigrained", "k": 2,
                                                  "schedule": "learned"}}},
-        "evaluate": {"models": {"teacher-en": "models/teacher-en"}, "corpora": [corpus],
+        "evaluate": {"models": {"teacher-en": "models/teachers/en"}, "corpora": [corpus],
                      "out": "metrics/evaluate.json"},
         "report": {"teacher": "teacher-en", "baseline": "none"},
     }
@@ -70,7 +70,7 @@ def test_every_stage_through_the_cli(tmp_path, monkeypatch):
     assert summary["tiny/train"]["sentences"] == 24 and summary["tiny-raw/unlabeled"]["sentences"] == 3
 
     invoke("train-teacher", "--teacher", "en", "--metrics", "metrics/teacher-en.json")
-    assert (tmp_path / "models/teacher-en/model.safetensors").exists()
+    assert (tmp_path / "models/teachers/en/model.safetensors").exists()
 
     invoke("annotate", "--no-progress")
     invoke("store", "verify", "stores/tiny")
