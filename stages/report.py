@@ -75,7 +75,9 @@ def chart(rows: list[dict], cfg: ReportConfig) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({r["data"] for r in rows})
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    most = max(sum(r["data"] == key for r in rows) for key in keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), max(3.5, 0.3 * most + 1.0)),
+                             squeeze=False)
     for ax, key in zip(axes[0], keys):
         sub = [r for r in rows if r["data"] == key]
         ax.barh([r["method"] for r in sub], [r["score"] for r in sub], color="#4878a8")
