@@ -27,15 +27,6 @@ from tests.test_stream import LABELS, SIZES, make_store
 METHOD_KD = {"multigrained": {"schedule": "learned"}, "token": {"tau": 2.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU, thread oversubscription slows these tiny models ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bilstm(decoder: str = "crf") -> ModelConfig:
     return ModelConfig(EncoderConfig(kind="bilstm", word_dim=16, hidden=16, char="none", dropout=0.0),
                        DecoderConfig(kind=decoder))

@@ -32,15 +32,6 @@ STUDENT = ModelConfig(EncoderConfig(kind="bilstm", word_dim=8, hidden=8, char="n
                       DecoderConfig(kind="crf"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models run ~10x slower with 2 threads on a busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clean_store(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("faults")

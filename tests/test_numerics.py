@@ -36,15 +36,6 @@ OPTIONS = {"token": {"tau": 2.0}, "multigrained": {"k": 3}, "topk": {"k": 3}, "t
 K = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny dynamic programs run ~20x slower with 2 threads on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def potentials(gen: torch.Generator, lengths: list[int], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Emissions [B, L, T] with extreme rows, and the mask; padding is +-1e4 garbage."""
     longest = max(lengths)

@@ -22,15 +22,6 @@ LABELS = complete_labels({"B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", 
 SIZES = {"train": 48, "dev": 12, "test": 12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU, thread oversubscription slows these tiny models ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_store(root: Path, langs: tuple[str, ...] = ("en",), *, unlabeled: bool = False,
                tensors: str = "potentials", decoder: str = "crf", shard_size: int = 16,
                k: int = 4) -> tuple[str, dict[str, Path]]:
