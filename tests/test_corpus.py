@@ -283,7 +283,7 @@ def test_demo_corpus_is_committed_readable_and_reproducible(tmp_path):
     """data/demo: the generator rewrites the committed files byte for byte; they read cleanly."""
     script = DEMO / "make_demo.py"
     subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True)
-    for name, n_sentences in [("train.txt", 600), ("dev.txt", 150), ("test.txt", 150)]:
+    for name, n_sentences in [("train.conll", 600), ("dev.conll", 150), ("test.conll", 150)]:
         assert (tmp_path / name).read_bytes() == (DEMO / name).read_bytes(), name
         assert (DEMO / name).stat().st_size < 200_000
         cfg = CorpusConfig(name="demo", files={"x": str(DEMO / name)}, scheme="IOB2")

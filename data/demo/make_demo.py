@@ -2,7 +2,7 @@
 
     python data/demo/make_demo.py [--out data/demo] [--seed 13]
 
-Writes train.txt (600 sentences), dev.txt (150), test.txt (150) in CoNLL-2003 format (``word POS
+Writes train.conll (600 sentences), dev.conll (150), test.conll (150) in CoNLL-2003 format (``word POS
 chunk NER``, IOB2, PER/ORG/LOC/MISC, ``-DOCSTART-`` lines between documents) and unlabeled.txt
 (300 raw-text documents, one per line, same domain, no labels). Every sentence comes from the
 templates and name lists below, written for this file: nothing is copied from a real corpus.
@@ -205,7 +205,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     for split, n in [("train", 600), ("dev", 150), ("test", 150)]:
         text = conll_text([sentence(rng) for _ in range(n)], rng)
-        (args.out / f"{split}.txt").write_text(text, encoding="utf-8")
+        (args.out / f"{split}.conll").write_text(text, encoding="utf-8")
     docs = [" ".join(detokenize([row[0] for row in sentence(rng)])
                      for _ in range(rng.randint(2, 4))) for _ in range(300)]
     (args.out / "unlabeled.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
