@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from pipeline import crf
+from pipeline.kd.structural import structural_kd
 
 try:
     from torch_struct import LinearChainCRF
@@ -54,7 +55,12 @@ def inference(fn):
     return run
 
 
-def ours(emissions, transitions, mask, ks, max_elements=None):
+def linear_term(node, edge, em, trans):
+    """sum of teacher-marginal-weighted student potentials (the structural KD loss minus log Z)."""
+    return (node * em).sum() + (edge * trans).sum()
+
+
+def ours(emissions, transitions, mask, ks, max_elements, teacher):
     fns = {
         "log Z": inference(lambda: crf.log_partition(emissions, transitions, mask)),
         "marginals": inference(lambda: crf.marginals(emissions, transitions, mask)),
@@ -66,10 +72,12 @@ def ours(emissions, transitions, mask, ks, max_elements=None):
         fns[f"k-best k={k}"] = inference(lambda k=k: crf.kbest(emissions, transitions, mask, k))
     em, trans = emissions.clone().requires_grad_(), transitions.clone().requires_grad_()
     fns["log Z forward+backward"] = lambda: crf.log_partition(em, trans, mask).sum().backward()
+    fns["structural loss forward+backward"] = lambda: structural_kd(
+        em, trans, mask, *teacher).sum().backward()
     return fns
 
 
-def torch_struct(emissions, transitions, mask, ks, max_elements):
+def torch_struct(emissions, transitions, mask, ks, max_elements, teacher):
     lengths = mask.sum(1)
     batch, length, num_labels = emissions.shape
     # Its k-max semiring scan materialises ~k^2 * B * 2^ceil(log2(L-1))/2 * T^3 floats at once.
@@ -91,10 +99,13 @@ def torch_struct(emissions, transitions, mask, ks, max_elements):
             fns[f"k-best k={k}"] = inference(lambda k=k: dist(emissions, transitions).topk(k))
     em, trans = emissions.clone().requires_grad_(), transitions.clone().requires_grad_()
     fns["log Z forward+backward"] = lambda: dist(em, trans).partition.sum().backward()
+    node, edge = teacher
+    fns["structural loss forward+backward"] = lambda: (
+        dist(em, trans).partition.sum() - linear_term(node, edge, em, trans)).backward()
     return fns
 
 
-def pytorch_crf(emissions, transitions, mask, ks, max_elements):
+def pytorch_crf(emissions, transitions, mask, ks, max_elements, teacher):
     model = TorchCRF(transitions.shape[0], batch_first=True)
     with torch.no_grad():
         model.transitions.copy_(transitions)
@@ -102,12 +113,20 @@ def pytorch_crf(emissions, transitions, mask, ks, max_elements):
         model.end_transitions.zero_()
     em_t, mask_t = emissions.transpose(0, 1), mask.transpose(0, 1)
     em_grad = emissions.clone().requires_grad_()
+    node, edge = teacher
+
+    def structural():
+        em = em_grad.transpose(0, 1)
+        log_z = model._compute_normalizer(em, mask_t).sum()
+        (log_z - linear_term(node, edge, em_grad, model.transitions)).backward()
+
     fns = {
         # _compute_normalizer is pytorch-crf's (private) log Z; its forward adds the gold score.
         "log Z": inference(lambda: model._compute_normalizer(em_t, mask_t)),
         "Viterbi": inference(lambda: model.decode(emissions, mask)),
         "log Z forward+backward": lambda: model._compute_normalizer(
             em_grad.transpose(0, 1), mask_t).sum().backward(),
+        "structural loss forward+backward": structural,
     }
     return fns
 
@@ -178,12 +197,14 @@ def main():
             mask = torch.arange(length)[None, :] < lengths[:, None]
             emissions = torch.randn(args.batch, length, num_labels, generator=gen) * 3
             transitions = torch.randn(num_labels, num_labels, generator=gen)
-            fns = {("ours", op): fn
-                   for op, fn in ours(emissions, transitions, mask, args.ks).items()}
+            teacher = crf.marginals(torch.randn(emissions.shape, generator=gen) * 3,
+                                    torch.randn(transitions.shape, generator=gen), mask)
+            fns = {("ours", op): fn for op, fn in ours(emissions, transitions, mask, args.ks,
+                                                      args.max_struct_elements, teacher).items()}
             for lib, make in baselines.items():
                 if make is not None:
                     for op, fn in make(emissions, transitions, mask, args.ks,
-                                             args.max_struct_elements).items():
+                                       args.max_struct_elements, teacher).items():
                         fns[(lib, op)] = fn
             ms = {name: measure(fn, args.reps, args.budget, clock) for name, fn in fns.items()}
             viterbi_ms = ms[("ours", "Viterbi")]
