@@ -43,7 +43,7 @@ class EncoderConfig:
     char_hidden: int = 50
     dropout: float = 0.3
     init_from: str | None = None  # teacher encoder whose input embeddings initialise the word embeddings
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool = False  # BiLSTM word / transformer word-piece embeddings
     min_word_count: int = 1
 
 

@@ -70,7 +70,9 @@ class TransformerWordEncoder(nn.Module):
     sub-words; every sub-word takes its vector from the window in which it is most central (farthest
     from both edges), then words are pooled (``first`` sub-word or ``mean``), so each word gets
     exactly one vector and nothing is truncated. Words that tokenize to nothing get the unk token.
-    ``cfg.layers = n`` keeps the first n transformer layers only (truncated student).
+    ``cfg.layers = n`` keeps the first n transformer layers only (truncated student);
+    ``cfg.freeze_embeddings`` freezes its word-piece input embeddings (the teacher's, when the
+    student is the teacher's encoder truncated).
 
     ``pretrained=False`` builds the architecture from ``cfg.name``'s config without reading weights
     (used by ``Tagger.load``, which then loads its own safetensors).
@@ -106,6 +108,7 @@ class TransformerWordEncoder(nn.Module):
             raise ValueError(f"stride {cfg.stride} must be in [0, {self.width}) for max_length "
                              f"{self.max_length}")
         self.output_dim = self.model.config.hidden_size
+        self.model.get_input_embeddings().weight.requires_grad_(not cfg.freeze_embeddings)
 
     @property
     def input_embeddings(self) -> Tensor:

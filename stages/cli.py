@@ -1,6 +1,7 @@
 """The `structkd` command line: one sub-command per DVC stage, plus store tools and predict."""
 from __future__ import annotations
 
+import torch
 import typer
 from transformers.utils import logging as hf_logging
 
@@ -23,3 +24,14 @@ app.command("evaluate")(evaluate.main)
 app.command("predict")(predict.main)
 app.command("report")(report.main)
 app.add_typer(store_cmd.app, name="store", help="Verify, inspect and show a teacher-output store.")
+
+
+@app.callback()
+def main(threads: int = typer.Option(
+        None, "--threads", min=1,
+        help="torch intra-op CPU threads for every stage (default: torch's, one per core). On a "
+             "busy machine 1 is often fastest: several processes' thread pools oversubscribe the "
+             "cores.")) -> None:
+    """Distil structured predictors from a big teacher into a small, fast student."""
+    if threads:
+        torch.set_num_threads(threads)

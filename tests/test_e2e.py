@@ -129,3 +129,22 @@ def test_dvc_repro_caches_and_reruns_only_what_a_param_touches(tmp_path):
     changed = {line.rstrip(":").strip() for line in stale.splitlines()
                if line and not line.startswith((" ", "\t"))}
     assert changed == {"distill@structural"}, stale
+
+
+def test_threads_option_sets_torch_threads_for_the_stage(tmp_path, monkeypatch):
+    import torch
+
+    files = write_tiny_conll(tmp_path / "corpus", sizes={"train": 4})
+    corpus = {"name": "tiny", "lang": "en", "format": "conll", "scheme": "IOB2",
+              "files": {k: str(v) for k, v in files.items()}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"prepare": {"corpora": [corpus], "out": "prepare.json"}}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        invoke("--threads", "3", "prepare")
+        assert torch.get_num_threads() == 3 and Path("prepare.json").exists()
+    finally:
+        torch.set_num_threads(before)
+    result = CliRunner().invoke(app, ["--threads", "0", "prepare"])
+    assert result.exit_code != 0 and "--threads" in result.output

@@ -162,6 +162,35 @@ def test_teacher_embedding_init_and_freeze(bert):
     assert weight[0].abs().sum() == 0
 
 
+def test_truncated_transformer_student_freezes_word_pieces(bert):
+    """A 1-layer student of the 2-layer encoder with frozen word-piece embeddings: they get no
+    optimizer group and one training step leaves them unchanged, while the layers still learn."""
+    from pipeline.config import OptimConfig
+    from pipeline.trainer import param_groups
+
+    cfg = ModelConfig(EncoderConfig(name=bert, layers=1, freeze_embeddings=True, dropout=0.0),
+                      DecoderConfig(kind="crf"))
+    torch.manual_seed(0)
+    tagger = build_tagger(cfg, LABELS, "IOB2", vocab_sentences=SENTS)
+    assert tagger.encoder.num_layers == 1
+    words = tagger.encoder.input_embeddings
+    assert not words.requires_grad
+    grouped = {id(p) for g in param_groups(tagger, OptimConfig()) for p in g["params"]}
+    assert id(words) not in grouped and grouped
+    before_words = words.detach().clone()
+    layer = next(p for n, p in tagger.named_parameters() if ".layer.0." in n and p.ndim == 2)
+    before_layer = layer.detach().clone()
+    optimizer = torch.optim.SGD(param_groups(tagger, OptimConfig()), lr=0.1)
+    pot, mask = tagger.potentials(SENTS)
+    tagger.nll(pot, tagger.tag_ids([["O"] * len(s) for s in SENTS]), mask).sum().backward()
+    optimizer.step()
+    assert words.grad is None and torch.equal(words.detach(), before_words)
+    assert not torch.equal(layer.detach(), before_layer)
+    unfrozen = build_tagger(ModelConfig(EncoderConfig(name=bert, layers=1), DecoderConfig()),
+                            LABELS, "IOB2", vocab_sentences=SENTS)
+    assert unfrozen.encoder.input_embeddings.requires_grad
+
+
 def model_cfg(kind: str, decoder: str, bert: str, constraints: bool = True) -> ModelConfig:
     enc = (EncoderConfig(name=bert, dropout=0.1) if kind == "transformer" else
            EncoderConfig(kind="bilstm", word_dim=8, hidden=8, char="cnn", char_dim=4, char_hidden=4))
