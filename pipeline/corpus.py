@@ -315,6 +315,14 @@ def _read_raw(path: str | Path, corpus: str, split: str, lang: str, *,
 _CONLLU_TAG = {-1: "upos", 3: "upos", 4: "xpos"}
 
 
+def corpus_splits(cfg: CorpusConfig) -> list[str]:
+    """The splits ``read_corpus`` can read: one per file, plus ``dev`` cut from train by ``holdout``."""
+    splits = list(cfg.files)
+    if cfg.holdout and "dev" not in cfg.files and "train" in cfg.files:
+        splits.insert(splits.index("train") + 1, "dev")
+    return splits
+
+
 def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[_Located]]:
     if cfg.holdout and "dev" not in cfg.files and split in ("train", "dev"):
         return _read_holdout(cfg, split)
@@ -340,8 +348,9 @@ def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
 
 
 def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[_Located]]:
-    """A corpus without a dev file: dev = the last ``cfg.holdout`` train sentences (their sids
-    keep naming the train file they come from), train = the rest; ``limit`` applies afterwards."""
+    """A corpus without a dev file: dev = the last ``cfg.holdout`` train sentences, train = the
+    rest; ``limit`` applies afterwards. Dev sids are ``corpus/dev/i`` like any split's (the
+    store keys rows by them); errors still name the train file and its lines."""
     full = dataclasses.replace(cfg, holdout=None, limit=None)
     path, sentences, located = _read_located(full, "train")
     if cfg.holdout >= len(sentences):
@@ -350,8 +359,8 @@ def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
     cut = len(sentences) - cfg.holdout
     part = slice(cut, None) if split == "dev" else slice(0, cut)
     sentences, located = sentences[part][: cfg.limit], located[part][: cfg.limit]
-    for sentence in sentences:
-        sentence.split = split
+    for index, sentence in enumerate(sentences):
+        sentence.split, sentence.sid = split, f"{cfg.name}/{split}/{index}"
     return path, sentences, located
 
 

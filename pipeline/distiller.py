@@ -212,6 +212,11 @@ class Distiller:
         total = cfg.optim.epochs * self.stream.sentences
         self.lr_factor = warmup_linear(total, cfg.optim.warmup)
         self.dev, self.test = eval_rows(self.store, "dev"), eval_rows(self.store, "test")
+        for split, rows in (("dev", self.dev), ("test", self.test)):
+            if not rows:
+                self.console.print(f"[yellow]warning:[/] {cfg.store} has no labeled {split} rows: no "
+                                   f"{split} evaluation" + (", the last epoch's weights are kept"
+                                                            if split == "dev" else ""))
         self.step, self.seen = 0, 0
 
     def _sync(self) -> float:

@@ -20,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.config import AnnotateConfig, CorpusConfig, from_dict
-from pipeline.corpus import Sentence, read_corpus
+from pipeline.corpus import Sentence, corpus_splits, read_corpus
 from pipeline.kd.types import StudentPotentials
 from pipeline.tagger import Tagger
 from pipeline.teacher_outputs import teacher_outputs
@@ -128,7 +128,7 @@ def _read_all(cfg: AnnotateConfig) -> list[tuple[CorpusConfig, str, list[Sentenc
         if corpus.lang not in cfg.teachers:
             raise StoreError(f"corpus {corpus.name} is in language {corpus.lang!r}, which has no teacher "
                              f"(teachers: {sorted(cfg.teachers)})")
-        for split in (s for s in splits if s in corpus.files):
+        for split in (s for s in splits if s in corpus_splits(corpus)):
             sentences = read_corpus(corpus, split)
             for i, s in enumerate(sentences):
                 if s.sid != make_sid(corpus.name, split, i) or not s.tokens:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from pipeline.config import EvaluateConfig
-from pipeline.corpus import read_corpus
+from pipeline.corpus import corpus_splits, read_corpus
 from pipeline.metrics import evaluate_tags
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict, resolve_device
@@ -26,7 +26,7 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
         scores: dict[str, dict] = {}
         for corpus in cfg.corpora:
             for split in cfg.splits:
-                if split not in corpus.files:
+                if split not in corpus_splits(corpus):
                     continue
                 sentences = read_corpus(corpus, split)
                 pred = predict(tagger, sentences, batch_size=cfg.batch_size)

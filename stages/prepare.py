@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from pipeline.config import PrepareConfig
-from pipeline.corpus import read_corpus
+from pipeline.corpus import corpus_splits, read_corpus
 from pipeline.schemes import detect_scheme
 from stages.common import console, load_config
 from store.files import atomic_json
@@ -20,7 +20,7 @@ def summarize(cfg: PrepareConfig) -> dict:
     """
     summary: dict[str, dict] = {}
     for corpus in cfg.corpora:
-        for split in corpus.files:
+        for split in corpus_splits(corpus):
             sentences = read_corpus(corpus, split)
             labeled = [s.labels for s in sentences if s.labels is not None]
             labels = sorted({tag for tags in labeled for tag in tags})

@@ -208,6 +208,15 @@ def test_languages_route_to_their_teacher(tmp_path):
         run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=0), "de": FakeTeacher(seed=5)})
 
 
+def test_holdout_dev_is_annotated(tmp_path):
+    """A corpus without a dev file but with ``holdout`` gets its dev rows (the train tail) stored."""
+    cfg = config(tmp_path / "data", sizes={"train": 12, "test": 3})
+    cfg.corpora[0].holdout = 4
+    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=0)})
+    counts = open_store(cfg.out).frame()["split"].value_counts().to_dict()
+    assert counts == {"train": 8, "dev": 4, "test": 3}
+
+
 @pytest.mark.parametrize("decoder", ["crf", "maxent"])
 def test_cli_annotate_with_real_tagger(tmp_path, decoder):
     bert = write_tiny_bert(tmp_path / "bert")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus import (CorpusError, CorpusWarning, Sentence, effective_scheme, read_conll,
+from pipeline.corpus import (CorpusError, CorpusWarning, Sentence, corpus_splits, effective_scheme, read_conll,
                              read_conllu, read_corpus, read_raw, read_tsv)
 
 CONLL03 = """-DOCSTART- -X- -X- O
@@ -306,6 +306,11 @@ def test_holdout_makes_dev_from_the_end_of_train(tmp_path):
     assert [s.tokens[0] for s in train] == [f"w{i}" for i in range(7)]
     assert [s.tokens[0] for s in dev] == ["w7", "w8", "w9"]
     assert {s.split for s in dev} == {"dev"} and {s.split for s in train} == {"train"}
-    assert len({s.sid for s in train + dev}) == 10
+    assert [s.sid for s in dev] == ["c/dev/0", "c/dev/1", "c/dev/2"] and train[6].sid == "c/train/6"
     with pytest.raises(ValueError, match="holdout"):
         read_corpus(CorpusConfig(name="c", files={"train": str(path)}, holdout=10), "dev")
+    assert corpus_splits(cfg) == ["train", "dev"]
+    both = CorpusConfig(name="c", files={"train": str(path), "dev": str(path), "test": str(path)},
+                        holdout=3)
+    assert corpus_splits(both) == ["train", "dev", "test"]  # a dev file wins over the holdout
+    assert corpus_splits(CorpusConfig(name="c", files={"test": str(path)}, holdout=3)) == ["test"]

@@ -91,6 +91,22 @@ def test_two_teachers_one_student_per_language_metrics(tmp_path):
     assert saved["test"]["es"]["f1"] == metrics["test"]["es"]["f1"]
 
 
+def test_store_without_dev_rows_warns_and_keeps_the_last_epoch(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline.distiller import Distiller
+
+    path, _ = make_store(tmp_path / "store", splits=("train", "test"))
+    out = StringIO()
+    distiller = Distiller(config(path, tmp_path / "run", "none", epochs=2),
+                          console=Console(file=out, width=200))
+    metrics = distiller.run(progress=False)
+    assert "has no labeled dev rows" in out.getvalue() and "last epoch" in out.getvalue()
+    assert metrics["best_epoch"] == 2 and metrics["test"]["all"]["sentences"] == SIZES["test"]
+
+
 def test_online_teacher_gives_the_stored_targets(stores, tmp_path):
     cfg = config(stores["en"], tmp_path, "posterior_topwk")
     batch = next(iter(StoreStream(stores["en"], ["train", "unlabeled"], k=cfg.kd.k, seed=2)))

@@ -24,7 +24,8 @@ SIZES = {"train": 48, "dev": 12, "test": 12}
 
 def make_store(root: Path, langs: tuple[str, ...] = ("en",), *, unlabeled: bool = False,
                tensors: str = "potentials", decoder: str = "crf", shard_size: int = 16,
-               k: int = 4) -> tuple[str, dict[str, Path]]:
+               k: int = 4, splits: tuple[str, ...] = ("train", "dev", "test", "unlabeled"),
+               ) -> tuple[str, dict[str, Path]]:
     """A store annotated by random-weight BiLSTM taggers (one per language, saved as model folders)
     over tiny template corpora; returns (store path, {lang: teacher folder})."""
     corpora, teachers, folders = [], {}, {}
@@ -47,7 +48,8 @@ def make_store(root: Path, langs: tuple[str, ...] = ("en",), *, unlabeled: bool 
         folders[lang] = teacher.save(root / f"teacher-{lang}")
         teachers[lang] = teacher
     cfg = AnnotateConfig(teachers={lang: str(f) for lang, f in folders.items()}, corpora=corpora,
-                         out=str(root / "store"), k=k, shard_size=shard_size, tensors=tensors)
+                         out=str(root / "store"), k=k, shard_size=shard_size, tensors=tensors,
+                         splits=list(splits))
     run_annotate(cfg, progress=False, teachers=teachers)
     return str(root / "store"), folders
 

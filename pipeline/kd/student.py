@@ -93,7 +93,8 @@ def constrained_factors(student: StudentPotentials, *, tau: float = 1.0
     trans = student.transitions.float()
     start = em.new_zeros(num_labels) if student.start is None else student.start.float()
     end = em.new_zeros(num_labels) if student.end is None else student.end.float()
-    em, trans, start, end = em / tau, trans / tau, start / tau, end / tau
+    if tau != 1.0:
+        em, trans, start, end = em / tau, trans / tau, start / tau, end / tau
     if student.constraints is not None:
         allowed = student.constraints
         trans = trans.masked_fill(~allowed.transitions.to(em.device, torch.bool), NEG_INF)
