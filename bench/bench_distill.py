@@ -209,6 +209,9 @@ def memory(store: str, work: Path, times: int, buffer: int) -> dict:
     return out
 
 
+PARTS = ("kd_overhead", "full_store", "online", "loader", "memory")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=1000)
@@ -220,25 +223,34 @@ def main() -> None:
     parser.add_argument("--grow", type=int, default=10, help="store growth factor of the memory probe")
     parser.add_argument("--buffer", type=int, default=512, help="shuffle buffer of the memory probe")
     parser.add_argument("--skip-transformer", action="store_true")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="measurements to run (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     store, teacher = build_store(args.work, args.sentences, args.teacher)
     results = {"sentences": args.sentences, "threads": args.threads, "load_avg_start": os.getloadavg()[0],
                "store_rows": open_store(store).manifest["totals"]["rows"]}
-    results["kd_overhead"] = kd_overhead(store, args.work, args.repeats)
-    full = grow(store, args.work / "store_full", 1, tensors="full")
-    results["structural_full_store"] = {
-        name: epoch_time(run_config(path, "structural", args.work), args.repeats)["wall_s"]
-        for name, path in (("potentials", store), ("full", full))}
-    results["online_bilstm"] = store_vs_online(store, teacher, args.work, None, args.repeats, "bilstm")
-    if not args.skip_transformer:
-        model = {"encoder": {"kind": "transformer", "name": "minilm", "layers": 2},
-                 "decoder": {"kind": "crf"}}
-        results["online_transformer2"] = store_vs_online(store, teacher, args.work, model, 1, "transformer-2")
-    sentences = results["online_bilstm"]["sentences"]
-    results["loader"] = loader_throughput(store, sentences / results["online_bilstm"]["store_epoch_s"])
-    results["memory"] = memory(store, args.work, args.grow, args.buffer)
+    if "kd_overhead" in args.parts:
+        results["kd_overhead"] = kd_overhead(store, args.work, args.repeats)
+    if "full_store" in args.parts:
+        full = grow(store, args.work / "store_full", 1, tensors="full")
+        results["structural_full_store"] = {
+            name: epoch_time(run_config(path, "structural", args.work), args.repeats)["wall_s"]
+            for name, path in (("potentials", store), ("full", full))}
+    if {"online", "loader"} & set(args.parts):
+        results["online_bilstm"] = store_vs_online(store, teacher, args.work, None, args.repeats, "bilstm")
+    if "online" in args.parts and not args.skip_transformer:
+        for frozen in (False, True):
+            model = {"encoder": {"kind": "transformer", "name": "minilm", "layers": 2,
+                                 "freeze_embeddings": frozen}, "decoder": {"kind": "crf"}}
+            name = "transformer-2" + ("-frozen" if frozen else "")
+            results[f"online_{name}"] = store_vs_online(store, teacher, args.work, model, 1, name)
+    if "loader" in args.parts:
+        sentences = results["online_bilstm"]["sentences"]
+        results["loader"] = loader_throughput(store, sentences / results["online_bilstm"]["store_epoch_s"])
+    if "memory" in args.parts:
+        results["memory"] = memory(store, args.work, args.grow, args.buffer)
     results["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
 
