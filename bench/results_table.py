@@ -12,6 +12,13 @@ training sentences, median over the epochs of the listed run folders, and the ra
 method:
 
     python bench/results_table.py times none=runs/a/none,runs/b/none token=runs/a/token ...
+
+Runs: dev and test score (F1, or accuracy for POS) of distill run folders from their metrics.json,
+overall or per language, with the share of the teacher-student gap closed against the first run;
+teacher scores come from an evaluate JSON (GROUP = all or a language):
+
+    python bench/results_table.py runs --evaluate metrics/x-teacher-eval.json \
+        --teacher all=teacher-en:conll2000/test none=runs/conll2000/none posterior=runs/conll2000/posterior
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from pipeline.metrics import main_score
 
 
 def seed_runs(evaluation: dict, method: str) -> list[str]:
@@ -74,6 +83,30 @@ def times(args: argparse.Namespace) -> None:
               f"{med / base:.2f}x |")
 
 
+def runs(args: argparse.Namespace) -> None:
+    evaluation = json.loads(Path(args.evaluate).read_text())
+    teacher = {}
+    for spec in args.teacher:
+        group, rest = spec.split("=", 1)
+        model, data = rest.split(":", 1)
+        teacher[group] = (model, data, main_score(evaluation[model][data]))
+    rows = [(spec.split("=", 1)[0], json.loads((Path(spec.split("=", 1)[1]) / "metrics.json").read_text()))
+            for spec in args.runs]
+    groups = list(teacher)
+    base = {g: main_score(rows[0][1]["test"][g]) for g in groups}
+    print("teacher: " + ", ".join(f"{g} {m} {d} {v:.4f}" for g, (m, d, v) in teacher.items()))
+    print("| method | best epoch | dev | " + " | ".join(f"test {g} | gap closed {g}" for g in groups)
+          + " | epoch s (median) |")
+    print("|---|---|---|" + "---|---|" * len(groups) + "---|")
+    for method, run in rows:
+        cells = []
+        for g in groups:
+            value, top = main_score(run["test"][g]), teacher[g][2]
+            cells.append(f"{value:.4f} | {(value - base[g]) / (top - base[g]):+.1%}")
+        print(f"| {method} | {run['best_epoch']} | {main_score(run['dev']['all']):.4f} | " + " | ".join(cells)
+              + f" | {statistics.median(run['epoch_seconds']):.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -85,8 +118,12 @@ def main() -> None:
     sc.add_argument("methods", nargs="+")
     tm = sub.add_parser("times")
     tm.add_argument("runs", nargs="+", help="METHOD=FOLDER[,FOLDER...]; the first is the reference")
+    rn = sub.add_parser("runs")
+    rn.add_argument("--evaluate", required=True)
+    rn.add_argument("--teacher", action="append", required=True, help="GROUP=MODEL:DATA")
+    rn.add_argument("runs", nargs="+", help="METHOD=FOLDER; the first is the baseline")
     args = ap.parse_args()
-    scores(args) if args.cmd == "scores" else times(args)
+    {"scores": scores, "times": times, "runs": runs}[args.cmd](args)
 
 
 if __name__ == "__main__":

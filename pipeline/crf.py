@@ -116,19 +116,22 @@ def log_partition(emissions, transitions, mask, start=None, end=None, *,
 
 
 def marginals(emissions, transitions, mask, start=None, end=None, *,
-              constraints: Constraints | None = None, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+              constraints: Constraints | None = None, tau: float = 1.0,
+              edges: bool = True) -> tuple[Tensor, Tensor | None]:
     """Node [B, L, T] and edge [B, L-1, T, T] posterior marginals by forward-backward.
 
     edge[b, i, a, c] = P(y_i = a, y_{i+1} = c); zero at padding. Plain differentiable tensor ops, so
     it works under no_grad / inference_mode and can be backpropagated through when inputs need grad.
+    ``edges=False`` skips the [B, L-1, T, T] edge tensor (returned as None) when only nodes are used.
     """
     log_node, log_edge = log_marginals(emissions, transitions, mask, start, end,
-                                       constraints=constraints, tau=tau)
-    return log_node.exp(), log_edge.exp()
+                                       constraints=constraints, tau=tau, edges=edges)
+    return log_node.exp(), None if log_edge is None else log_edge.exp()
 
 
 def log_marginals(emissions, transitions, mask, start=None, end=None, *,
-                  constraints: Constraints | None = None, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+                  constraints: Constraints | None = None, tau: float = 1.0,
+                  edges: bool = True) -> tuple[Tensor, Tensor | None]:
     """log of ``marginals``: -inf at padding and for impossible labels; finite where a marginal is
     too small for float32 probabilities (no underflow to log 0)."""
     full_len = emissions.shape[1]
@@ -147,10 +150,12 @@ def log_marginals(emissions, transitions, mask, start=None, end=None, *,
     log_z = log_z.masked_fill(log_z == NEG_INF, 0.0)[:, None, None]
     # beta - log Z, -inf at padding so that exp() zeroes node and edge there (no [B, L, T, T] mask).
     beta = (torch.stack(betas[::-1], 1) - log_z).masked_fill(~p.mask.unsqueeze(-1), NEG_INF)
-    node = alpha + beta
+    node = _pad_to(alpha + beta, full_len, fill=NEG_INF)
+    if not edges:
+        return node, None
     after = p.emissions[:, 1:] + beta[:, 1:]  # [B, L'-1, T]: everything right of the edge
     edge = (alpha[:, :-1].unsqueeze(3) + after.unsqueeze(2)).add_(p.transitions.unsqueeze(1))
-    return (_pad_to(node, full_len, fill=NEG_INF), _pad_to(edge, full_len - 1, fill=NEG_INF))
+    return node, _pad_to(edge, full_len - 1, fill=NEG_INF)
 
 
 def _backtrack(backpointers, last: Tensor) -> Tensor:
@@ -292,10 +297,14 @@ def maxent_log_probs(emissions, mask, *, tau: float = 1.0) -> Tensor:
     return (em / tau).log_softmax(-1).masked_fill(~mask, 0.0)
 
 
-def maxent_marginals(emissions, mask, *, tau: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Node = softmax [B, L, T]; edge [B, L-1, T, T] = outer product of neighbouring nodes."""
+def maxent_marginals(emissions, mask, *, tau: float = 1.0,
+                     edges: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Node = softmax [B, L, T]; edge [B, L-1, T, T] = outer product of neighbouring nodes (None
+    without ``edges``)."""
     padding = ~mask.bool().unsqueeze(-1)
     node = maxent_log_probs(emissions, mask, tau=tau).exp().masked_fill(padding, 0.0)
+    if not edges:
+        return node, None
     edge = node[:, :-1, :, None] * node[:, 1:, None, :]  # zero where i+1 is padding (node is 0)
     return node, edge
 

@@ -283,7 +283,8 @@ class StoreStream(IterableDataset):
         padded = {name: _pad_floats([it[name] for it in items], longest - (name == "edge"))
                   for name in TENSOR_FIELDS if name in items[0]}
         if any(f in self.fields and f not in padded for f in ("node", "edge")):
-            padded["node"], padded["edge"] = self._marginals(padded["emissions"], mask, teacher_idx)
+            padded["node"], padded["edge"] = self._marginals(padded["emissions"], mask, teacher_idx,
+                                                             edges="edge" in self.fields)
         out.update({name: padded[name] for name in TENSOR_FIELDS if name in self.fields})
         if "kbest_paths" in self.fields:
             out["kbest_paths"] = _pad_ints([it["kbest_paths"] for it in items], longest)
@@ -296,11 +297,13 @@ class StoreStream(IterableDataset):
         return Batch([it["tokens"] for it in items], [it["sid"] for it in items],
                      [it["lang"] for it in items], targets, mask, hard, has_gold)
 
-    def _marginals(self, emissions: Tensor, mask: Tensor, teacher_idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Node / edge marginals of each row's teacher from the (stored) emissions, teacher by teacher."""
+    def _marginals(self, emissions: Tensor, mask: Tensor, teacher_idx: Tensor,
+                   edges: bool) -> tuple[Tensor, Tensor | None]:
+        """Node (and with ``edges`` edge) marginals of each row's teacher from the (stored) emissions,
+        teacher by teacher."""
         size, longest, labels = emissions.shape
         node = emissions.new_zeros(size, longest, labels)
-        edge = emissions.new_zeros(size, max(longest - 1, 0), labels, labels)
+        edge = emissions.new_zeros(size, max(longest - 1, 0), labels, labels) if edges else None
         with torch.no_grad():
             for t in teacher_idx.unique().tolist():
                 rows = (teacher_idx == t).nonzero().flatten()
@@ -308,9 +311,10 @@ class StoreStream(IterableDataset):
                 sub = mask[rows]
                 width = int(sub.sum(1).max())
                 pot = teacher_potentials(meta, emissions[rows, :width])
-                n, e = marginals(pot, sub[:, :width], meta.tau, meta.is_crf)
+                n, e = marginals(pot, sub[:, :width], meta.tau, meta.is_crf, edges=edges)
                 node[rows, :width] = n
-                edge[rows, :width - 1] = e
+                if edges:
+                    edge[rows, :width - 1] = e
         return node, edge
 
 

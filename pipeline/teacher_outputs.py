@@ -81,12 +81,15 @@ def log_partition(potentials, mask: Tensor, tau: float = 1.0, is_crf: bool = Tru
 
 
 @one_thread_on_cpu
-def marginals(potentials, mask: Tensor, tau: float = 1.0, is_crf: bool = True) -> tuple[Tensor, Tensor]:
-    """Node [B, L, T] and edge [B, L-1, T, T] marginals (float32, zero at padding)."""
+def marginals(potentials, mask: Tensor, tau: float = 1.0, is_crf: bool = True, *,
+              edges: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Node [B, L, T] and edge [B, L-1, T, T] marginals (float32, zero at padding); edge None
+    without ``edges``."""
     mask = mask.bool()
     if is_crf:
-        return crf.marginals(*_crf_args(potentials, mask), constraints=potentials.constraints, tau=tau)
-    return crf.maxent_marginals(potentials.emissions, mask, tau=tau)
+        return crf.marginals(*_crf_args(potentials, mask), constraints=potentials.constraints, tau=tau,
+                             edges=edges)
+    return crf.maxent_marginals(potentials.emissions, mask, tau=tau, edges=edges)
 
 
 @one_thread_on_cpu

@@ -287,13 +287,21 @@ def test_marginals_under_inference_mode_and_node_edge_agree():
     gen = torch.Generator().manual_seed(11)
     em, trans, mask, start, end = make_batch(gen, [6, 3, 1], 5, 2.0, True, True)
     args = (em, trans, mask, start, end)
+    constraints = random_constraints(gen, 5)
     with torch.inference_mode():
-        node, edge = crf.marginals(*args, constraints=random_constraints(gen, 5))
+        node, edge = crf.marginals(*args, constraints=constraints)
     pair = mask[:, 1:, None]
     torch.testing.assert_close(edge.sum(3), node[:, :-1] * pair)
     torch.testing.assert_close(edge.sum(2), node[:, 1:])
     with torch.no_grad():
         torch.testing.assert_close(crf.marginals(*args)[0].sum(2), mask.float())
+    nodes_only = crf.marginals(*args, constraints=constraints, edges=False)
+    assert nodes_only[1] is None and torch.equal(nodes_only[0], node)
+    log_node = crf.log_marginals(*args, edges=False)
+    assert log_node[1] is None
+    torch.testing.assert_close(log_node[0], crf.log_marginals(*args)[0])
+    maxent = crf.maxent_marginals(em, mask, edges=False)
+    assert maxent[1] is None and torch.equal(maxent[0], crf.maxent_marginals(em, mask)[0])
 
 
 def test_kbest_exact_under_ties():

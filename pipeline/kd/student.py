@@ -77,7 +77,7 @@ def node_log_marginals(student: StudentPotentials, mask: Tensor, *, tau: float =
     if not student.is_crf:
         return crf.maxent_log_probs(student.emissions, mask, tau=tau)
     log_node = crf.log_marginals(student.emissions, student.transitions, mask, student.start,
-                                 student.end, constraints=student.constraints, tau=tau)[0]
+                                 student.end, constraints=student.constraints, tau=tau, edges=False)[0]
     return log_node.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
 
