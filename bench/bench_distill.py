@@ -115,9 +115,10 @@ def epoch_time(cfg: DistillConfig, repeats: int) -> dict:
     return timer.best
 
 
-def kd_overhead(store: str, work: Path, repeats: int) -> dict:
+def kd_overhead(store: str, work: Path, repeats: int, methods: list[str], workers: int) -> dict:
     """Every method's fastest epoch, the methods interleaved round by round (shared-load noise)."""
-    timers = {method: EpochTimer(run_config(store, method, work)) for method in OBJECTIVES}
+    timers = {method: EpochTimer(run_config(store, method, work, workers=workers))
+              for method in ["none", *methods]}
     for _ in range(repeats):
         for timer in timers.values():
             timer.epoch()
@@ -225,14 +226,18 @@ def main() -> None:
     parser.add_argument("--skip-transformer", action="store_true")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="measurements to run (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES),
+                        help="KD methods of kd_overhead (none is always run, as the reference)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (kd_overhead)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     store, teacher = build_store(args.work, args.sentences, args.teacher)
-    results = {"sentences": args.sentences, "threads": args.threads, "load_avg_start": os.getloadavg()[0],
-               "store_rows": open_store(store).manifest["totals"]["rows"]}
+    results = {"sentences": args.sentences, "threads": args.threads, "workers": args.workers,
+               "load_avg_start": os.getloadavg()[0], "store_rows": open_store(store).manifest["totals"]["rows"]}
     if "kd_overhead" in args.parts:
-        results["kd_overhead"] = kd_overhead(store, args.work, args.repeats)
+        results["kd_overhead"] = kd_overhead(store, args.work, args.repeats,
+                                             [m for m in args.methods if m != "none"], args.workers)
     if "full_store" in args.parts:
         full = grow(store, args.work / "store_full", 1, tensors="full")
         results["structural_full_store"] = {

@@ -134,6 +134,15 @@ def log_marginals(emissions, transitions, mask, start=None, end=None, *,
                   edges: bool = True) -> tuple[Tensor, Tensor | None]:
     """log of ``marginals``: -inf at padding and for impossible labels; finite where a marginal is
     too small for float32 probabilities (no underflow to log 0)."""
+    return forward_backward(emissions, transitions, mask, start, end, constraints=constraints,
+                            tau=tau, edges=edges)[:2]
+
+
+def forward_backward(emissions, transitions, mask, start=None, end=None, *,
+                     constraints: Constraints | None = None, tau: float = 1.0,
+                     edges: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+    """One forward-backward pass: ``log_marginals`` (node, edge or None) and ``log_partition`` [B]
+    (differentiable), for callers that need both (posterior KD and the gold NLL of one step)."""
     full_len = emissions.shape[1]
     p = _prepare(emissions, transitions, mask, start, end, constraints, tau)
     alphas, log_z = _forward(p)
@@ -147,15 +156,15 @@ def log_marginals(emissions, transitions, mask, start=None, end=None, *,
         betas.append(beta)
     alpha = torch.stack(alphas, 1)  # [B, L', T]
     # A row with no allowed path has log Z = -inf: shift it by 0 so its marginals are all zero.
-    log_z = log_z.masked_fill(log_z == NEG_INF, 0.0)[:, None, None]
+    shift = log_z.masked_fill(log_z == NEG_INF, 0.0)[:, None, None]
     # beta - log Z, -inf at padding so that exp() zeroes node and edge there (no [B, L, T, T] mask).
-    beta = (torch.stack(betas[::-1], 1) - log_z).masked_fill(~p.mask.unsqueeze(-1), NEG_INF)
+    beta = (torch.stack(betas[::-1], 1) - shift).masked_fill(~p.mask.unsqueeze(-1), NEG_INF)
     node = _pad_to(alpha + beta, full_len, fill=NEG_INF)
     if not edges:
-        return node, None
+        return node, None, log_z
     after = p.emissions[:, 1:] + beta[:, 1:]  # [B, L'-1, T]: everything right of the edge
     edge = (alpha[:, :-1].unsqueeze(3) + after.unsqueeze(2)).add_(p.transitions.unsqueeze(1))
-    return node, _pad_to(edge, full_len - 1, fill=NEG_INF)
+    return node, _pad_to(edge, full_len - 1, fill=NEG_INF), log_z
 
 
 def _backtrack(backpointers, last: Tensor) -> Tensor:

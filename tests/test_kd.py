@@ -322,3 +322,30 @@ def test_combine_reductions():
     assert loss.item() == pytest.approx(7 / 3) and "nll" not in parts
     with pytest.raises(ValueError, match="valid"):
         combine(kd, gold, 0.5, mask, normalize="batch")
+
+
+def test_posterior_and_gold_nll_share_one_forward_pass(monkeypatch):
+    """posterior KD deposits the student's log Z of its forward-backward pass in the step's memo;
+    the gold NLL then reuses it: same values and gradients as separate computations. A replaced
+    copy of the potentials (new emissions) never inherits a memo."""
+    from pipeline import crf
+
+    c = case(1, student_crf=True, teacher_crf=True, start_end=True, constrained=True)
+    fresh = [dataclasses.replace(c.student, emissions=c.student.emissions.detach().requires_grad_())
+             for _ in range(2)]
+    calls = []
+    forward = crf._forward
+    monkeypatch.setattr(crf, "_forward", lambda p: calls.append(1) or forward(p))
+    shared = fresh[0]
+    total = (build_objective("posterior")(shared, c.teacher, c.mask, c.hard)
+             + nll(shared, c.hard, c.mask)).sum()
+    assert len(calls) == 1
+    separate = fresh[1]
+    other = (build_objective("posterior")(separate, c.teacher, c.mask, c.hard).sum()
+             + nll(dataclasses.replace(separate), c.hard, c.mask).sum())
+    assert len(calls) == 3
+    assert not dataclasses.replace(shared).log_z_memo and shared.log_z_memo
+    torch.testing.assert_close(total, other)
+    total.backward()
+    other.backward()
+    torch.testing.assert_close(shared.emissions.grad, separate.emissions.grad)

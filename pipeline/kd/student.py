@@ -76,8 +76,11 @@ def node_log_marginals(student: StudentPotentials, mask: Tensor, *, tau: float =
     """
     if not student.is_crf:
         return crf.maxent_log_probs(student.emissions, mask, tau=tau)
-    log_node = crf.log_marginals(student.emissions, student.transitions, mask, student.start,
-                                 student.end, constraints=student.constraints, tau=tau, edges=False)[0]
+    log_node, _, log_z = crf.forward_backward(student.emissions, student.transitions, mask, student.start,
+                                              student.end, constraints=student.constraints, tau=tau,
+                                              edges=False)
+    if not any(m is mask and t == tau for m, t, _ in student.log_z_memo):
+        student.log_z_memo.append((mask, tau, log_z))  # the step's gold NLL reuses this forward pass
     return log_node.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
 

@@ -34,8 +34,9 @@ class StudentPotentials:
     start: Tensor | None = None
     end: Tensor | None = None
     constraints: Any = None
-    # log Z per (mask, tau), shared by the KD objective and the gold NLL of one training step
-    log_z_memo: list = dataclasses.field(default_factory=list, repr=False, compare=False)
+    # log Z per (mask, tau), shared by the KD objective and the gold NLL of one training step; not an
+    # init field, so dataclasses.replace(student, emissions=...) starts a fresh (never stale) memo
+    log_z_memo: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def is_crf(self) -> bool:
