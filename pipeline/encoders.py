@@ -128,7 +128,9 @@ class TransformerWordEncoder(nn.Module):
 
     def _pieces(self, batch_tokens: list[list[str]]) -> list[tuple[list[int], list[int]]]:
         """Per sentence: sub-word ids without specials and the word index of each sub-word."""
-        enc = self.tokenizer(batch_tokens, is_split_into_words=True, add_special_tokens=False)
+        # verbose=False: a sentence longer than the model's maximum is windowed below, so the
+        # tokenizer's "sequence length is longer than the maximum" warning would be a false alarm
+        enc = self.tokenizer(batch_tokens, is_split_into_words=True, add_special_tokens=False, verbose=False)
         out = []
         for b, tokens in enumerate(batch_tokens):
             grouped: list[list[int]] = [[] for _ in tokens]

@@ -96,6 +96,27 @@ def test_windowed_long_sentence_is_stitched_without_truncation(bert):
     assert long_vectors.shape == (1, 150, 32) and long_mask.all()
 
 
+def test_long_sentence_raises_no_false_length_warning(bert):
+    """The tokenizer's "longer than the maximum" warning is a false alarm for a windowed encoder."""
+    import io
+    import logging
+
+    import transformers
+
+    enc = encoder(bert)
+    enc.tokenizer.model_max_length = 64
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    transformers.logging.get_logger().addHandler(handler)
+    try:
+        enc([["john"] * 300])
+        assert "longer than" not in stream.getvalue()
+        enc.tokenizer([["john"] * 300], is_split_into_words=True, add_special_tokens=False)
+        assert "longer than" in stream.getvalue()  # what a plain tokenizer call would have said
+    finally:
+        transformers.logging.get_logger().removeHandler(handler)
+
+
 def test_large_window_equals_unwindowed(bert):
     sent = ["john", "smith", "visited", "new-york"]
     assert len(encoder(bert)._pieces([sent])[0][0]) <= 30
