@@ -1,11 +1,15 @@
 """The `structkd` command line: one sub-command per DVC stage, plus store tools and predict."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import typer
 from transformers.utils import logging as hf_logging
 
+from pipeline.corpus import CorpusWarning
 from stages import annotate, distill, evaluate, predict, prepare, report, store_cmd, train_teacher
+from stages.common import console
 
 hf_logging.disable_progress_bar()
 
@@ -35,3 +39,16 @@ def main(threads: int = typer.Option(
     """Distil structured predictors from a big teacher into a small, fast student."""
     if threads:
         torch.set_num_threads(threads)
+    warnings.showwarning = _show_warning
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Corpus warnings (they name the data file and line) print as one line, not as a Python
+    source location; every other warning keeps Python's format."""
+    if issubclass(category, CorpusWarning):
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)

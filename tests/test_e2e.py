@@ -148,3 +148,25 @@ def test_threads_option_sets_torch_threads_for_the_stage(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     result = CliRunner().invoke(app, ["--threads", "0", "prepare"])
     assert result.exit_code != 0 and "--threads" in result.output
+
+
+def test_corpus_warnings_print_as_one_line(tmp_path, monkeypatch):
+    import warnings
+
+    path = tmp_path / "train.txt"
+    path.write_text("a I-PER\nb O\n", encoding="utf-8")  # IOB1 in an IOB2 corpus: re-encoded, warned
+    corpus = {"name": "c", "lang": "en", "format": "conll", "scheme": "IOB2", "files": {"train": str(path)}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"prepare": {"corpora": [corpus], "out": "prepare.json"}}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    before = warnings.showwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            result = CliRunner().invoke(app, ["prepare"], catch_exceptions=False)
+    finally:
+        warnings.showwarning = before
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("warning:"))
+    assert f"{path}: 1 sentence(s) not valid IOB2" in line and "line(s) 1" in line
+    assert "read_corpus(" not in result.output  # no Python source line
