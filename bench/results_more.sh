@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The docs/RESULTS.md runs beyond CoNLL-2003: CoNLL-2000 chunking, UD-EWT POS, multilingual (en + es
 # teachers -> one student), the store-vs-online timing rows, extra seeds and the 10-epoch control.
-# One job at a time, one torch thread (the machine has 2 shared cores). Usage: bash bench/results_more.sh [chunking|pos|multi|timing|seeds|control]...
+# One job at a time, one torch thread (the machine has 2 shared cores).
+# Usage: bash bench/results_more.sh [chunking|pos|multi|multi2|timing|seeds|control]...
 # Each section logs to logs/results/<section>.log with `time` of every command.
 set -uo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -29,37 +30,40 @@ students() {  # students PARAMS RUNS_DIR LOG METHOD...
     done
 }
 
-chunking() {
-    local p=configs/conll2000.yaml log=logs/results/chunking.log
+single() {  # single NAME LOG: 1-epoch MiniLM teacher, its scores, the store, 4 students (configs/NAME.yaml)
+    local name=$1 log=$2 p=configs/$1.yaml
     teacher $log --params $p --teacher en --epochs 1 \
-        --out models/conll2000-teacher-en --metrics metrics/conll2000-teacher-en.json
-    run $log structkd evaluate --params $p --model teacher-en=models/conll2000-teacher-en \
-        --out metrics/conll2000-teacher-eval.json
-    run $log structkd annotate --params $p --teacher en=models/conll2000-teacher-en \
-        --out stores/conll2000 --no-progress
-    students $p runs/conll2000 $log none posterior multigrained structural
+        --out models/$name-teacher-en --metrics metrics/$name-teacher-en.json
+    run $log structkd evaluate --params $p --model teacher-en=models/$name-teacher-en \
+        --out metrics/$name-teacher-eval.json
+    run $log structkd annotate --params $p --teacher en=models/$name-teacher-en \
+        --out stores/$name --no-progress
+    students $p runs/$name $log none posterior multigrained structural
 }
 
-pos() {
-    local p=configs/ud_pos.yaml log=logs/results/pos.log
-    teacher $log --params $p --teacher en --epochs 1 \
-        --out models/ud_pos-teacher-en --metrics metrics/ud_pos-teacher-en.json
-    run $log structkd evaluate --params $p --model teacher-en=models/ud_pos-teacher-en \
-        --out metrics/ud_pos-teacher-eval.json
-    run $log structkd annotate --params $p --teacher en=models/ud_pos-teacher-en \
-        --out stores/ud_pos --no-progress
-    students $p runs/ud_pos $log none posterior multigrained structural
+chunking() { single conll2000 logs/results/chunking.log; }
+
+pos() { single ud_pos logs/results/pos.log; }
+
+multilingual() {  # multilingual SUFFIX ES_EPOCHS LOG: en teacher reused, es teacher trained, 3 students
+    local sfx=$1 epochs=$2 p=configs/multilingual_results.yaml log=logs/results/$3.log
+    local es=models/conll02es-teacher-es$1 models=()
+    [[ -z $sfx ]] && models=(--model teacher-en=models/conll03-teacher-en)  # scored once, in `multi`
+    teacher $log --params $p --teacher es --epochs $epochs --out $es \
+        --metrics metrics/conll02es-teacher-es$sfx.json
+    run $log structkd evaluate --params $p --out metrics/multilingual$sfx-teacher-eval.json \
+        "${models[@]}" --model teacher-es=$es
+    run $log structkd annotate --params $p --teacher en=models/conll03-teacher-en --teacher es=$es \
+        --out stores/multilingual$sfx --no-progress
+    for m in none posterior structural; do
+        run $log structkd distill --params $p --run $m --epochs "$STUDENT_EPOCHS" \
+            --store stores/multilingual$sfx --out runs/multilingual$sfx/$m --no-progress
+    done
 }
 
-multi() {
-    local p=configs/multilingual_results.yaml log=logs/results/multi.log
-    teacher $log --params $p --teacher es --epochs 1 \
-        --out models/conll02es-teacher-es --metrics metrics/conll02es-teacher-es.json
-    run $log structkd evaluate --params $p --out metrics/multilingual-teacher-eval.json \
-        --model teacher-en=models/conll03-teacher-en --model teacher-es=models/conll02es-teacher-es
-    run $log structkd annotate --params $p --out stores/multilingual --no-progress
-    students $p runs/multilingual $log none posterior structural
-}
+multi() { multilingual "" 1 multi; }
+
+multi2() { multilingual -e2 2 multi2; }  # a 2-epoch Spanish teacher: the 1-epoch one is weak
 
 timing() {  # one epoch each, side by side: none, posterior from the store, posterior online
     local p=configs/conll03_results.yaml log=logs/results/timing.log d=runs/conll03-timing2
