@@ -2,7 +2,7 @@
 # The docs/RESULTS.md runs beyond CoNLL-2003: CoNLL-2000 chunking, UD-EWT POS, multilingual (en + es
 # teachers -> one student), the store-vs-online timing rows, extra seeds and the 10-epoch control.
 # One job at a time, one torch thread (the machine has 2 shared cores).
-# Usage: bash bench/results_more.sh [chunking|pos|multi|multi2|timing|seeds|control]...
+# Usage: bash bench/results_more.sh [chunking|pos|multi|multi2|timing|seeds|control|control_seed]...
 # Each section logs to logs/results/<section>.log with `time` of every command.
 set -uo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -89,6 +89,14 @@ control() {  # CoNLL-2003, labeled only, 10 epochs: about the optimizer steps of
     local p=configs/conll03_results.yaml log=logs/results/control.log
     for m in none multigrained posterior; do
         run $log structkd distill --params $p --run $m --epochs 10 --out runs/conll03/$m-e10 --no-progress
+    done
+}
+
+control_seed() {  # the control again with seed 14
+    local p=configs/conll03_results.yaml log=logs/results/control_seed.log
+    for m in none posterior multigrained; do
+        run $log structkd distill --params $p --run $m --epochs 10 --seed 14 \
+            --out runs/conll03/$m-e10-seed14 --no-progress
     done
 }
 

@@ -300,6 +300,10 @@ def test_marginals_under_inference_mode_and_node_edge_agree():
     log_node = crf.log_marginals(*args, edges=False)
     assert log_node[1] is None
     torch.testing.assert_close(log_node[0], crf.log_marginals(*args)[0])
+    node_fb, edge_fb, log_z = crf.forward_backward(*args, constraints=constraints)
+    torch.testing.assert_close(log_z, crf.log_partition(*args, constraints=constraints))
+    torch.testing.assert_close(node_fb.exp(), node)
+    torch.testing.assert_close(edge_fb.exp(), edge)
     maxent = crf.maxent_marginals(em, mask, edges=False)
     assert maxent[1] is None and torch.equal(maxent[0], crf.maxent_marginals(em, mask)[0])
 
