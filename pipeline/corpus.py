@@ -1,315 +1,21 @@
-"""The sentence type and the corpus readers: CoNLL columns, word<TAB>tag, CoNLL-U, raw text.
+"""Corpora as configured: the splits of a ``CorpusConfig`` (``holdout`` dev included), read with
+``pipeline.readers``, their labels checked against the tag scheme and converted.
 
-Every reader reads the whole file as bytes and decodes it itself, so every problem is a
-``CorpusError`` whose message starts ``path:line:`` (1-based line). Nothing is skipped silently:
-only blank lines, ``-DOCSTART-`` lines, comment lines and (CoNLL-U) multiword-token and empty-node
-lines are not tokens, and no sentence is truncated (encoders window long sentences).
-
-Comment lines (``comment="#"``) in the column formats: ``#`` is also a real token (CoNLL-2000
-``# # B-NP``, UD ``###<TAB>SYM``), so a line starting with the comment prefix is a comment only
-where a sentence may start (after a blank line or at the top) and when its field count differs
-from the file's column count (taken from the first line not starting with the prefix); any
-other line is a token line and is validated like one. ``comment=None`` turns comments off.
+The file formats, the ``Sentence`` type and ``CorpusError`` / ``CorpusWarning`` live in
+``pipeline.readers``; they are imported here for the callers that read corpora by config.
 """
 from __future__ import annotations
 
 import dataclasses
-
-import re
-import unicodedata
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
-from pipeline import rawtext
 from pipeline.config import CorpusConfig
+from pipeline.readers import (CorpusError, CorpusWarning, Located, Sentence, read_columns_located,
+                              read_conllu_located, read_raw_located)
 from pipeline.schemes import convert, detect_scheme, first_invalid, normalize_scheme, parse_label
 
-DOCSTART = "-DOCSTART-"
-_ASCII_SPACE = " \t\r\x0b\x0c"
-_COLUMN_SEP = re.compile(r"[ \t\r\x0b\x0c]+")
-_LANG_PREFIX = re.compile(r"([A-Za-z]{2,3}):")
-_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
-
-
-@dataclass
-class Sentence:
-    """One sentence of a corpus; ``labels`` is None for unlabeled text."""
-
-    tokens: list[str]
-    labels: list[str] | None
-    sid: str  # f"{corpus}/{split}/{index}", index = 0-based sentence index in the file
-    corpus: str
-    split: str
-    lang: str
-
-
-class CorpusError(ValueError):
-    """A malformed corpus file; the message starts with ``path:line:``."""
-
-    def __init__(self, path: str | Path, line: int, message: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.reason = message
-        super().__init__(f"{path}:{line}: {message}")
-
-
-class CorpusWarning(UserWarning):
-    """Labels were repaired on reading; the message names the file and the lines."""
-
-
-@dataclass
-class _Located:
-    """A sentence being read, with the 1-based file line of each token."""
-
-    tokens: list[str]
-    labels: list[str] | None
-    lines: Sequence[int]
-
-
-def _read_lines(path: str | Path) -> list[str]:
-    """The file's lines (``\\n``-separated, trailing ``\\r`` and a leading BOM removed)."""
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line_start = data.rfind(b"\n", 0, err.start) + 1
-        raise CorpusError(path, data.count(b"\n", 0, err.start) + 1,
-                          f"invalid UTF-8 byte {data[err.start]:#04x} at column "
-                          f"{err.start - line_start + 1}") from None
-    lines = text.removeprefix("\ufeff").split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
-def _visible(token: str) -> bool:
-    if not token:
-        return False
-    if token.isprintable() and not token.isspace():
-        return True
-    return any(unicodedata.category(ch) not in _INVISIBLE for ch in token)
-
-
-def _check_word(path: str | Path, lineno: int, word: str) -> str:
-    if not _visible(word):
-        raise CorpusError(path, lineno, f"empty token {word!r} (no visible character)")
-    return word
-
-
-def _check_label(path: str | Path, lineno: int, label: str, label_set: frozenset[str] | None,
-                 missing: tuple[str, ...] = ("",)) -> str:
-    if label in missing or any(ch.isspace() for ch in label):
-        raise CorpusError(path, lineno, f"missing or malformed label {label!r}")
-    if label_set is not None and label not in label_set:
-        raise CorpusError(path, lineno, f"label {label!r} is not in the label set "
-                          f"{sorted(label_set)}")
-    return label
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of sentences, got {limit}")
-
-
-def _finish(path: str | Path, located: list[_Located], n_lines: int, corpus: str, split: str,
-            lang: str) -> tuple[list[Sentence], list[_Located]]:
-    if not located:
-        raise CorpusError(path, max(n_lines, 1), f"no sentences in the file ({n_lines} lines)")
-    return [Sentence(s.tokens, s.labels, f"{corpus}/{split}/{i}", corpus, split, lang)
-            for i, s in enumerate(located)], located
-
-
-def _split_tabs(line: str) -> list[str]:
-    return [field.strip(_ASCII_SPACE) for field in line.split("\t")]
-
-
-def _split_space(line: str) -> list[str]:
-    return _COLUMN_SEP.split(line.strip(_ASCII_SPACE))
-
-
-class _Columns:
-    """Line parser of the column formats: column count, word and label columns, checks."""
-
-    def __init__(self, path: str | Path, word_col: int, label_col: int | None,
-                 strip_lang_prefix: bool, lang: str, labels: Iterable[str] | None) -> None:
-        self.path, self.word_col, self.label_col = path, word_col, label_col
-        self.strip_lang_prefix, self.lang = strip_lang_prefix, lang
-        self.labels = None if labels is None else frozenset(labels)
-        self.ncols = self.ncols_line = 0
-        self.cols: tuple[int, int | None] = (0, None)
-
-    def _column(self, index: int, what: str, lineno: int) -> int:
-        if not -self.ncols <= index < self.ncols:
-            raise CorpusError(self.path, lineno, f"{what} column {index} does not exist: the "
-                              f"line has {self.ncols} column(s)")
-        return index % self.ncols
-
-    def _set_columns(self, ncols: int, lineno: int) -> None:
-        self.ncols, self.ncols_line = ncols, lineno
-        word = self._column(self.word_col, "word", lineno)
-        label = None if self.label_col is None else self._column(self.label_col, "label", lineno)
-        if word == label:
-            raise CorpusError(self.path, lineno, f"word and label are the same column ({word}) "
-                              f"of a {ncols}-column line")
-        self.cols = (word, label)
-
-    def token(self, fields: list[str], lineno: int) -> tuple[str, str | None]:
-        if not self.ncols:
-            self._set_columns(len(fields), lineno)
-        if len(fields) != self.ncols:
-            raise CorpusError(self.path, lineno, f"expected {self.ncols} columns (as on line "
-                              f"{self.ncols_line}), found {len(fields)}")
-        word = fields[self.cols[0]]
-        if self.strip_lang_prefix:
-            prefix = _LANG_PREFIX.match(word)
-            if prefix is None:
-                raise CorpusError(self.path, lineno, f"token {word!r} lacks a language prefix "
-                                  f"such as '{self.lang}:'")
-            if prefix.group(1) != self.lang:
-                raise CorpusError(self.path, lineno, f"token {word!r} has language prefix "
-                                  f"{prefix.group(1)!r}, the corpus language is {self.lang!r}")
-            word = word[prefix.end():]
-        _check_word(self.path, lineno, word)
-        if self.cols[1] is None:
-            return word, None
-        return word, _check_label(self.path, lineno, fields[self.cols[1]], self.labels)
-
-
-def _read_columns(path: str | Path, corpus: str, split: str, lang: str, *, tab_only: bool,
-                  word_col: int, label_col: int | None, strip_lang_prefix: bool,
-                  labels: Iterable[str] | None, comment: str | None,
-                  limit: int | None) -> tuple[list[Sentence], list[_Located]]:
-    _check_limit(limit)
-    split_fields = _split_tabs if tab_only else _split_space
-    lines = _read_lines(path)
-    parser = _Columns(path, word_col, label_col, strip_lang_prefix, lang, labels)
-    candidates = (split_fields(line) for line in lines if line.strip(_ASCII_SPACE)
-                  and not (comment and line.startswith(comment)))
-    hint = next((len(fields) for fields in candidates if fields[0] != DOCSTART), None)
-    located: list[_Located] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    first = 0
-    for lineno, line in enumerate([*lines, ""], 1):
-        if limit is not None and len(located) >= limit:
-            break
-        fields = split_fields(line) if line.strip(_ASCII_SPACE) else [DOCSTART]
-        if fields[0] == DOCSTART:  # blank and -DOCSTART- lines end a sentence
-            if tokens:
-                located.append(_Located(tokens, None if label_col is None else tags,
-                                        range(first, first + len(tokens))))
-                tokens, tags = [], []
-            continue
-        if comment and not tokens and line.startswith(comment) and len(fields) != hint:
-            continue
-        word, label = parser.token(fields, lineno)
-        if not tokens:
-            first = lineno
-        tokens.append(word)
-        tags.append(label or "")
-    return _finish(path, located, len(lines), corpus, split, lang)
-
-
-def read_conll(path: str | Path, corpus: str, split: str, lang: str = "en", *, word_col: int = 0,
-               label_col: int | None = -1, strip_lang_prefix: bool = False,
-               labels: Iterable[str] | None = None, comment: str | None = "#",
-               limit: int | None = None) -> list[Sentence]:
-    """CoNLL column files: whitespace-separated columns (spaces or tabs), one token per line.
-
-    CoNLL-2003 ``word POS chunk NER`` (label = last column), CoNLL-2000 ``word POS chunk``
-    (``label_col=1`` for POS), CoNLL-2002, WikiANN (``strip_lang_prefix=True`` strips ``en:``
-    after checking it equals ``lang``). Blank lines end sentences; ``-DOCSTART-`` lines end
-    sentences and are skipped. ``label_col=None`` reads tokens only. ``labels``: a fixed label set (others are
-    errors). Errors: inconsistent column count, empty token, label outside ``labels``, invalid
-    UTF-8, no sentences.
-    """
-    return _read_columns(path, corpus, split, lang, tab_only=False, word_col=word_col,
-                         label_col=label_col, strip_lang_prefix=strip_lang_prefix, labels=labels,
-                         comment=comment, limit=limit)[0]
-
-
-def read_tsv(path: str | Path, corpus: str, split: str, lang: str = "en", *,
-             strip_lang_prefix: bool = False, labels: Iterable[str] | None = None,
-             comment: str | None = "#", limit: int | None = None) -> list[Sentence]:
-    """``word<TAB>tag`` files (UD-EWT tsv, WikiANN): exactly two tab-separated fields per line.
-
-    Fields are stripped of surrounding ASCII whitespace; a word may contain inner spaces. A stray
-    tab is a column-count error. Otherwise as ``read_conll``.
-    """
-    return _read_columns(path, corpus, split, lang, tab_only=True, word_col=0, label_col=1,
-                         strip_lang_prefix=strip_lang_prefix, labels=labels, comment=comment,
-                         limit=limit)[0]
-
-
-def read_conllu(path: str | Path, corpus: str, split: str, lang: str = "en", *,
-                tag: str = "upos", labels: Iterable[str] | None = None,
-                limit: int | None = None) -> list[Sentence]:
-    """CoNLL-U: 10 tab-separated columns; FORM and the UPOS (``tag="upos"``) or XPOS tag.
-
-    ``#`` comment lines, multiword-token lines (``1-2``) and empty nodes (``1.1``) are skipped;
-    token ids must run 1, 2, 3, ... within a sentence; a ``_`` tag is an error.
-    """
-    return _read_conllu(path, corpus, split, lang, tag=tag, labels=labels, limit=limit)[0]
-
-
-def _read_conllu(path: str | Path, corpus: str, split: str, lang: str, *, tag: str,
-                 labels: Iterable[str] | None,
-                 limit: int | None) -> tuple[list[Sentence], list[_Located]]:
-    _check_limit(limit)
-    if tag not in ("upos", "xpos"):
-        raise ValueError(f"tag must be 'upos' or 'xpos', got {tag!r}")
-    column = 3 if tag == "upos" else 4
-    label_set = None if labels is None else frozenset(labels)
-    lines = _read_lines(path)
-    located: list[_Located] = []
-    current = _Located([], [], [])
-    for lineno, line in enumerate(lines, 1):
-        if limit is not None and len(located) >= limit:
-            break
-        if not line.strip(_ASCII_SPACE):
-            if current.tokens:
-                located.append(current)
-                current = _Located([], [], [])
-            continue
-        if line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        if len(fields) != 10:
-            raise CorpusError(path, lineno, f"expected 10 tab-separated CoNLL-U columns, found "
-                              f"{len(fields)}")
-        if re.fullmatch(r"\d+-\d+|\d+\.\d+", fields[0]):
-            continue
-        if fields[0] != str(len(current.tokens) + 1):
-            raise CorpusError(path, lineno, f"token id {fields[0]!r}, expected "
-                              f"{len(current.tokens) + 1}")
-        current.tokens.append(_check_word(path, lineno, fields[1]))
-        current.labels.append(_check_label(path, lineno, fields[column], label_set, ("", "_")))
-        current.lines.append(lineno)
-    if current.tokens and (limit is None or len(located) < limit):
-        located.append(current)
-    return _finish(path, located, len(lines), corpus, split, lang)
-
-
-def read_raw(path: str | Path, corpus: str, split: str, lang: str = "en", *,
-             limit: int | None = None) -> list[Sentence]:
-    """Unlabeled raw text, one document per line, split into tokenized sentences by
-    ``pipeline.rawtext`` (labels None); blank lines are empty documents."""
-    return _read_raw(path, corpus, split, lang, limit=limit)[0]
-
-
-def _read_raw(path: str | Path, corpus: str, split: str, lang: str, *,
-              limit: int | None) -> tuple[list[Sentence], list[_Located]]:
-    _check_limit(limit)
-    lines = _read_lines(path)
-    located: list[_Located] = []
-    for lineno, line in enumerate(lines, 1):
-        if limit is not None and len(located) >= limit:
-            break
-        located.extend(_Located([_check_word(path, lineno, t) for t in tokens], None, (lineno,))
-                       for tokens in rawtext.sentences(line))
-    return _finish(path, located[:limit], len(lines), corpus, split, lang)
+__all__ = ["CorpusError", "CorpusWarning", "Sentence", "corpus_splits", "effective_scheme", "read_corpus"]
 
 
 _CONLLU_TAG = {-1: "upos", 3: "upos", 4: "xpos"}
@@ -323,7 +29,7 @@ def corpus_splits(cfg: CorpusConfig) -> list[str]:
     return splits
 
 
-def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[_Located]]:
+def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[Located]]:
     if cfg.holdout and "dev" not in cfg.files and split in ("train", "dev"):
         return _read_holdout(cfg, split)
     if split not in cfg.files:
@@ -331,7 +37,7 @@ def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
     path = cfg.files[split]
     where = (path, cfg.name, split, cfg.lang)
     if cfg.format in ("conll", "tsv"):
-        return path, *_read_columns(*where, tab_only=cfg.format == "tsv", word_col=cfg.word_col,
+        return path, *read_columns_located(*where, tab_only=cfg.format == "tsv", word_col=cfg.word_col,
                                     label_col=cfg.label_col,
                                     strip_lang_prefix=cfg.strip_lang_prefix, labels=None,
                                     comment="#", limit=cfg.limit)
@@ -339,15 +45,15 @@ def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
         if cfg.label_col not in _CONLLU_TAG:
             raise ValueError(f"corpus {cfg.name!r}: CoNLL-U label_col must be 3 (UPOS, also -1) "
                              f"or 4 (XPOS), got {cfg.label_col}")
-        return path, *_read_conllu(*where, tag=_CONLLU_TAG[cfg.label_col], labels=None,
+        return path, *read_conllu_located(*where, tag=_CONLLU_TAG[cfg.label_col], labels=None,
                                    limit=cfg.limit)
     if cfg.format == "raw":
-        return path, *_read_raw(*where, limit=cfg.limit)
+        return path, *read_raw_located(*where, limit=cfg.limit)
     raise ValueError(f"corpus {cfg.name!r}: unknown format {cfg.format!r} "
                      "(conll, tsv, conllu, raw)")
 
 
-def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[_Located]]:
+def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[Located]]:
     """A corpus without a dev file: dev = the last ``cfg.holdout`` train sentences, train = the
     rest; ``limit`` applies afterwards. Dev sids are ``corpus/dev/i`` like any split's (the
     store keys rows by them); errors still name the train file and its lines."""
@@ -364,7 +70,7 @@ def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
     return path, sentences, located
 
 
-def _check_labels(path: str, scheme: str, how: str, sentence: Sentence, loc: _Located) -> None:
+def _check_labels(path: str, scheme: str, how: str, sentence: Sentence, loc: Located) -> None:
     """Labels foreign to ``scheme`` (``NN`` or ``S-PER`` in IOB2) are errors, not repairable."""
     allowed = {"O", "B", "I", "E", "S"} if scheme == "BIOES" else {"O", "B", "I"}
     for i, tag in enumerate(sentence.labels or []):

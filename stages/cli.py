@@ -7,7 +7,7 @@ import torch
 import typer
 from transformers.utils import logging as hf_logging
 
-from pipeline.corpus import CorpusWarning
+from pipeline.readers import CorpusWarning
 from stages import annotate, distill, evaluate, predict, prepare, report, store_cmd, train_teacher
 from stages.common import console
 

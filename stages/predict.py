@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import typer
 
-from pipeline.corpus import read_conll, read_raw
+from pipeline.readers import read_conll, read_raw
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict as predict_labels
 from stages.common import console

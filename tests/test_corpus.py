@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus import (CorpusError, CorpusWarning, Sentence, corpus_splits, effective_scheme, read_conll,
-                             read_conllu, read_corpus, read_raw, read_tsv)
+from pipeline.corpus import corpus_splits, effective_scheme, read_corpus
+from pipeline.readers import (CorpusError, CorpusWarning, Sentence, read_conll, read_conllu, read_raw,
+                              read_tsv)
 
 CONLL03 = """-DOCSTART- -X- -X- O
 
