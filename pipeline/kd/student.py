@@ -33,12 +33,17 @@ def log1mexp(x: Tensor) -> Tensor:
     return torch.where(near, a, b)
 
 
+def _memo(student: StudentPotentials, mask: Tensor, tau: float) -> Tensor | None:
+    """The step's memoized log Z for this (mask object, tau), if any."""
+    return next((log_z for m, t, log_z in student.log_z_memo if m is mask and t == tau), None)
+
+
 def log_partition(student: StudentPotentials, mask: Tensor, *, tau: float = 1.0) -> Tensor:
     """log Z_s [B] of a CRF student (its constraints applied), computed once per (mask, tau) and
     shared by every loss term of a step (the KD objective and the gold NLL)."""
-    for memo_mask, memo_tau, log_z in student.log_z_memo:
-        if memo_mask is mask and memo_tau == tau:
-            return log_z
+    log_z = _memo(student, mask, tau)
+    if log_z is not None:
+        return log_z
     log_z = crf.log_partition(student.emissions, student.transitions, mask, student.start,
                               student.end, constraints=student.constraints, tau=tau)
     student.log_z_memo.append((mask, tau, log_z))
@@ -79,7 +84,7 @@ def node_log_marginals(student: StudentPotentials, mask: Tensor, *, tau: float =
     log_node, _, log_z = crf.forward_backward(student.emissions, student.transitions, mask, student.start,
                                               student.end, constraints=student.constraints, tau=tau,
                                               edges=False)
-    if not any(m is mask and t == tau for m, t, _ in student.log_z_memo):
+    if _memo(student, mask, tau) is None:
         student.log_z_memo.append((mask, tau, log_z))  # the step's gold NLL reuses this forward pass
     return log_node.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
