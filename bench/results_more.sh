@@ -15,11 +15,10 @@ run() {  # run LOG CMD...: append the command, its output and its wall time to L
     { time "$@"; } >>"$log" 2>&1 || echo "FAILED: $*" >>"$log"
 }
 
-teacher() {  # teacher LOG ARGS...: train-teacher unless its --out folder holds a model already
-    local log=$1; shift
-    local out; out=$(sed -n 's/.*--out \([^ ]*\).*/\1/p' <<<"$*")
+teacher() {  # teacher LOG OUT ARGS...: train-teacher --out OUT unless OUT holds a model already
+    local log=$1 out=$2; shift 2
     if [[ -f $out/model.safetensors ]]; then echo "= kept $out" >>"$log"; return; fi
-    run "$log" structkd train-teacher "$@"
+    run "$log" structkd train-teacher --out "$out" "$@"
 }
 
 students() {  # students PARAMS RUNS_DIR LOG METHOD...
@@ -32,8 +31,8 @@ students() {  # students PARAMS RUNS_DIR LOG METHOD...
 
 single() {  # single NAME LOG: 1-epoch MiniLM teacher, its scores, the store, 4 students (configs/NAME.yaml)
     local name=$1 log=$2 p=configs/$1.yaml
-    teacher $log --params $p --teacher en --epochs 1 \
-        --out models/$name-teacher-en --metrics metrics/$name-teacher-en.json
+    teacher $log models/$name-teacher-en --params $p --teacher en --epochs 1 \
+        --metrics metrics/$name-teacher-en.json
     run $log structkd evaluate --params $p --model teacher-en=models/$name-teacher-en \
         --out metrics/$name-teacher-eval.json
     run $log structkd annotate --params $p --teacher en=models/$name-teacher-en \
@@ -49,7 +48,7 @@ multilingual() {  # multilingual SUFFIX ES_EPOCHS LOG: en teacher reused, es tea
     local sfx=$1 epochs=$2 p=configs/multilingual_results.yaml log=logs/results/$3.log
     local es=models/conll02es-teacher-es$1 models=()
     [[ -z $sfx ]] && models=(--model teacher-en=models/conll03-teacher-en)  # scored once, in `multi`
-    teacher $log --params $p --teacher es --epochs $epochs --out $es \
+    teacher $log $es --params $p --teacher es --epochs $epochs \
         --metrics metrics/conll02es-teacher-es$sfx.json
     run $log structkd evaluate --params $p --out metrics/multilingual$sfx-teacher-eval.json \
         "${models[@]}" --model teacher-es=$es

@@ -128,7 +128,8 @@ def _read_all(cfg: AnnotateConfig) -> list[tuple[CorpusConfig, str, list[Sentenc
         if corpus.lang not in cfg.teachers:
             raise StoreError(f"corpus {corpus.name} is in language {corpus.lang!r}, which has no teacher "
                              f"(teachers: {sorted(cfg.teachers)})")
-        for split in (s for s in splits if s in corpus_splits(corpus)):
+        available = corpus_splits(corpus)
+        for split in (s for s in splits if s in available):
             sentences = read_corpus(corpus, split)
             for i, s in enumerate(sentences):
                 if s.sid != make_sid(corpus.name, split, i) or not s.tokens:

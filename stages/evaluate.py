@@ -21,19 +21,16 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
     results: dict[str, dict] = {}
     models = dict(cfg.models)
     models.update({m: str(Path(cfg.runs_dir) / m / "model") for m in cfg.methods})
+    data = [(corpus, split, read_corpus(corpus, split)) for corpus in cfg.corpora  # read once
+            for split in cfg.splits if split in corpus_splits(corpus)]
     for name, folder in models.items():
         tagger = Tagger.load(folder, device=device)
         scores: dict[str, dict] = {}
-        for corpus in cfg.corpora:
-            for split in cfg.splits:
-                if split not in corpus_splits(corpus):
-                    continue
-                sentences = read_corpus(corpus, split)
-                pred = predict(tagger, sentences, batch_size=cfg.batch_size)
-                gold = [s.labels for s in sentences]
-                scheme = "none" if corpus.scheme == "none" else tagger.scheme
-                scores[f"{corpus.name}/{split}"] = {
-                    "lang": corpus.lang, **evaluate_tags(gold, pred, scheme)}
+        for corpus, split, sentences in data:
+            pred = predict(tagger, sentences, batch_size=cfg.batch_size)
+            gold = [s.labels for s in sentences]
+            scheme = "none" if corpus.scheme == "none" else tagger.scheme
+            scores[f"{corpus.name}/{split}"] = {"lang": corpus.lang, **evaluate_tags(gold, pred, scheme)}
         results[name] = scores
         console.print(f"evaluated {name}: " + ", ".join(
             f"{k} {v.get('f1', v.get('accuracy', 0)):.4f}" for k, v in scores.items()))

@@ -7,10 +7,9 @@ from typing import Optional
 
 import typer
 
-from pipeline.config import TeacherConfig
+from pipeline.config import TeacherConfig, to_dict
 from pipeline.corpus import read_corpus
 from pipeline.trainer import train_tagger
-from pipeline.config import to_dict
 from stages.common import console, load_config
 from store.files import atomic_json
 
