@@ -166,7 +166,7 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[20, 40, 100])
     parser.add_argument("--labels", type=int, nargs="+", default=[9, 37])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per measurement at most")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's)")
