@@ -13,8 +13,6 @@ from torch import Tensor
 from pipeline.kbest import kbest_beam
 from pipeline.potentials import NEG_INF, Constraints, Potentials, pad_to, prepare
 
-__all__ = ["NEG_INF", "Constraints"]
-
 
 class _LogSumExp(torch.autograd.Function):
     """torch.logsumexp forward (fast, already -inf on all -inf rows) with a NaN-free backward."""
@@ -149,12 +147,14 @@ def _decode(search, k, emissions, transitions, mask, start, end, constraints, ta
     paths, scores = paths.clone(memory_format=torch.contiguous_format), scores.clone()
     inputs = (emissions, transitions, start, end)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
-        def rows(x):  # per-sentence tensors, one row per returned path
-            return x if x is None or x.dim() < 2 or x.shape[0] == 1 else x.repeat_interleave(k, 0)
+        def rows(x, shared_dims):  # one row per returned path, unless x is shared by the batch
+            if x is None or x.dim() == shared_dims or (x.dim() > shared_dims and x.shape[0] == 1):
+                return x
+            return x.repeat_interleave(k, 0)
 
         batch = scores.shape[0]
-        rescored = path_score(rows(emissions), transitions if transitions.dim() == 2 else rows(transitions),
-                              paths.flatten(0, 1), rows(mask), rows(start), rows(end),
+        rescored = path_score(emissions.repeat_interleave(k, 0), rows(transitions, 2), paths.flatten(0, 1),
+                              mask.repeat_interleave(k, 0), rows(start, 1), rows(end, 1),
                               constraints=constraints, tau=tau).view(batch, k)
         scores = torch.where(scores == NEG_INF, scores, rescored)
     return paths, scores

@@ -84,10 +84,11 @@ def test_kbest_integer_ties_on_long_sentences():
     check_against_table(args, 9)
 
 
-def test_decoded_scores_are_differentiable():
+@pytest.mark.parametrize("lengths", [[5, 2, 4], [4]])
+def test_decoded_scores_are_differentiable(lengths):
     """With inputs that need grad, scores carry the gradient of the returned paths' scores."""
     gen = torch.Generator().manual_seed(4)
-    em, trans, mask, start, end = make_batch(gen, [5, 2, 4], 4, 1.0, True, True)
+    em, trans, mask, start, end = make_batch(gen, lengths, 4, 1.0, True, True)
     em = em.masked_fill(~mask[..., None], 0.0)
     leaves = [x.clone().requires_grad_() for x in (em, trans, start, end)]
     for k in (1, 3, 50):
