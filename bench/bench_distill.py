@@ -33,7 +33,7 @@ from pipeline.config import (AnnotateConfig, CorpusConfig, DecoderConfig, Distil
 from pipeline.distiller import Distiller, lambda_at, progress_bar
 from pipeline.kd import OBJECTIVES
 from pipeline.schemes import complete_labels
-from pipeline.stream import StoreStream
+from store.stream import StoreStream
 from pipeline.tagger import build_tagger
 from stages.annotate import run_annotate
 from stages.common import load_config
@@ -47,7 +47,7 @@ TOPK_FIELDS = ("kbest_paths", "kbest_logprob", "residual_mass", "log_z")
 MEMORY_PROBE = """
 import sys, time
 import torch
-from pipeline.stream import StoreStream
+from store.stream import StoreStream
 
 def rss_mb():
     with open("/proc/self/status") as fh:

@@ -27,7 +27,8 @@ from pipeline.config import DistillConfig, KDConfig, to_dict
 from pipeline.kd import StudentPotentials, TeacherTargets, build_objective, combine, lambda_for
 from pipeline.kd.registry import objective_options
 from pipeline.metrics import evaluate_groups, main_score
-from pipeline.stream import KBEST_FIELDS, Batch, StoreStream, check_store, open_checked, verify_files
+from store.checks import check_store, open_checked, verify_files
+from store.stream import KBEST_FIELDS, Batch, StoreStream
 from pipeline.tagger import Tagger, build_tagger
 from pipeline.teacher_outputs import teacher_outputs
 from pipeline.trainer import param_groups, predict, resolve_device, seed_everything, warmup_linear

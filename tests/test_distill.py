@@ -16,7 +16,7 @@ from pipeline.config import (DecoderConfig, DistillConfig, EncoderConfig, KDConf
                              OptimConfig)
 from pipeline.distiller import OnlineTeacher, distill
 from pipeline.kd import OBJECTIVES
-from pipeline.stream import ALL_FIELDS, StoreStream
+from store.stream import ALL_FIELDS, StoreStream
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict
 from stages.cli import app

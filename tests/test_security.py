@@ -159,7 +159,7 @@ def _symlink_out(store: Path, rel: str, outside: Path) -> None:
 
 @pytest.mark.parametrize("what", ["table file", "tensor folder", "teacher folder", "manifest"])
 def test_symbolic_links_out_of_the_store_are_refused(clean_store, tmp_path, what):
-    from pipeline.stream import StoreStream
+    from store.stream import StoreStream
 
     store = _copy(clean_store, tmp_path / "store")
     s = open_store(store)

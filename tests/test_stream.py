@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import AnnotateConfig, CorpusConfig, DecoderConfig, EncoderConfig, ModelConfig
 from pipeline.schemes import complete_labels
-from pipeline.stream import ALL_FIELDS, StoreStream, pack
+from store.stream import ALL_FIELDS, StoreStream, pack
 from pipeline.tagger import build_tagger
 from stages.annotate import run_annotate
 from store import StoreError, open_store
