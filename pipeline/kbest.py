@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.potentials import NEG_INF, Potentials
+from pipeline.potentials import NEG_INF, RENORM, Potentials
 
 # D is built for this many floats at a time (a chunk of positions); below ~1 MB it stays in cache.
 CHUNK_FLOATS = 1 << 16
@@ -35,22 +35,41 @@ def _sentence_minor(x: Tensor) -> Tensor:
     return x.permute(*range(1, x.dim()), 0)
 
 
-def _completions(p: Potentials) -> tuple[Tensor, Tensor]:
-    """Backward max pass: (ahead, behind), [L', T, B] each; -inf behind (no allowed completion) is 0."""
+def _completions(p: Potentials) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Backward max pass: ahead and behind, [L', T, B] each, and the offset [B] (float64) that
+    turns the beam's values into scores (None when nothing was shifted).
+
+    Every RENORM-th position from the end subtracts each sentence's max of behind (the shift,
+    [1, B]), so the tables stay O(RENORM * potentials) at any length; the returned behind has the
+    shift at its own position added back, which is what D needs, and -inf (no allowed completion)
+    replaced by 0.
+    """
     emissions = _sentence_minor(p.emissions).contiguous()
     trans = _sentence_minor(p.transitions)  # [a, c, B or 1]
     end = _sentence_minor(p.end)  # [T, B or 1]
     real = p.mask.t().unsqueeze(1)  # [L', 1, B]
+    length = len(emissions)
     ahead, behind = torch.empty_like(emissions), torch.empty_like(emissions)
+    shifts = emissions.new_zeros(length, 1, emissions.shape[2]) if length > RENORM else None
     ahead_rows, behind_at, emissions_at = ahead.unsqueeze(1).unbind(0), behind.unbind(0), emissions.unbind(0)
     behind_at[-1].copy_(end.expand_as(behind_at[-1]))
     torch.add(emissions_at[-1], behind_at[-1], out=ahead[-1])
-    for i in range(len(behind_at) - 2, -1, -1):
+    for i in range(length - 2, -1, -1):
         torch.amax(trans + ahead_rows[i + 1], 1, out=behind_at[i])
         if i + 1 >= p.full:  # a sentence whose position i + 1 is padding ends at i
             torch.where(real[i + 1], behind_at[i], end, out=behind_at[i])
+        if (length - 1 - i) % RENORM == 0:
+            shift = behind_at[i].amax(0, keepdim=True).nan_to_num_(nan=float("nan"), posinf=float("inf"),
+                                                                 neginf=0.0)
+            if i >= p.full:  # no shift where position i is padding
+                shift.masked_fill_(~real[i], 0.0)
+            behind_at[i].sub_(shift)
+            shifts[i] = shift
         torch.add(emissions_at[i], behind_at[i], out=ahead_rows[i][0])
-    return ahead, behind.masked_fill_(behind == NEG_INF, 0.0)
+    behind.masked_fill_(behind == NEG_INF, 0.0)
+    if shifts is None:
+        return ahead, behind, None
+    return ahead, behind.add_(shifts), shifts.double().sum((0, 1))
 
 
 def _forward_beam(p: Potentials, ahead: Tensor, behind: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -106,6 +125,7 @@ def _backtrack(p: Potentials, values: Tensor, states: Tensor, k: int) -> tuple[T
 def kbest_beam(p: Potentials, k: int) -> tuple[Tensor, Tensor]:
     """The k best paths [B, k, L'] (0 at padding and on rows of score -inf) and their scores [B, k],
     best first. Writes its buffers in place: call it under torch.inference_mode()."""
-    ahead, behind = _completions(p)
+    ahead, behind, offset = _completions(p)
     values, states = _forward_beam(p, ahead, behind, k)
-    return _backtrack(p, values, states, k)
+    paths, scores = _backtrack(p, values, states, k)
+    return paths, scores if offset is None else (scores.double() + offset.unsqueeze(1)).float()

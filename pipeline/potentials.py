@@ -13,6 +13,11 @@ import torch
 from torch import Tensor
 
 NEG_INF = float("-inf")
+# The recursions of pipeline.crf and pipeline.kbest subtract a per-sentence shift every RENORM
+# positions (added back in float64) so their float32 values stay O(RENORM * potentials) at any
+# length. 16: node marginals within 7e-6 of float64 at 20,000 words (4e-7 with 1, 4e-5 with 64)
+# for 1 renormalization per 16 steps (3 small kernels).
+RENORM = 16
 
 
 class Constraints(NamedTuple):
