@@ -1,13 +1,29 @@
-"""Typed configuration: dataclasses loaded from a section of params.yaml, overridable from the CLI."""
+"""Typed configuration: dataclasses loaded from a section of params.yaml, overridable from the CLI.
+
+``from_dict`` is the one door for user input (params.yaml sections, flags, a model folder's
+config.json) and refuses anything wrong with a ``ConfigError`` naming the dotted key: unknown keys
+(with a did-you-mean), wrong types (``pipeline.rules.check_scalar``: no bool for an int, no string
+for a number), values outside their range or not one of the valid names (``RULES``), and
+inconsistent combinations (``CHECKS``: unique corpus names, ``holdout`` without a dev file, ...).
+Nothing is clamped or dropped. KD method and schedule names come from their registries, imported
+only when checked (``pipeline.kd`` imports this module).
+"""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.rules import Device, Each, OneOf, Range, check_scalar, show, type_error
+
+SPLITS = ("train", "dev", "test", "unlabeled")
 
 
 @dataclass
@@ -84,48 +100,100 @@ class TeacherConfig:
     device: str = "auto"
 
 
-def _convert(tp: Any, value: Any) -> Any:
-    """Build a typed value (dataclass, list, dict, optional, scalar) from plain YAML data."""
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Build a typed value (dataclass, list, dict, optional, scalar) from plain YAML data, checking
+    its type; ``key`` is the dotted name used in errors."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value)
-    if origin in (list, tuple):
-        return [_convert(args[0], v) for v in value]
-    if origin is dict:
-        return {k: _convert(args[1], v) for k, v in value.items()}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
-        if value is None:
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value)
-    if tp is float and isinstance(value, int):
-        return float(value)
-    return value
+        return _convert(inner[0], value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise type_error(key, "a list", value)
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise type_error(key, "a mapping", value)
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(f"{key}: keys must be strings, got {show(k)}")
+        return {k: _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    return check_scalar(tp, value, key)
 
 
-def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
-    """Instantiate dataclass ``cls`` from ``data``; unknown keys are an error naming the key."""
-    data = dict(data or {})
+def from_dict(cls: type, data: dict[str, Any] | None, key: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from plain ``data`` (None = all defaults) and validate it.
+
+    Every problem is a ``ConfigError`` naming the dotted key (``key`` is the prefix, e.g. the
+    params.yaml section): an unknown key, a wrong type, a value out of range or not one of the
+    valid names (``RULES``), an inconsistent combination (``CHECKS``). All user input (params.yaml,
+    flags, a model folder's config.json) comes through here; dataclasses built in Python are trusted.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise type_error(key or cls.__name__, f"a mapping of {cls.__name__} keys", data)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return cls(**{k: _convert(hints[k], v) for k, v in data.items()})
+    names = [f.name for f in dataclasses.fields(cls)]
+    for name in data:
+        if name not in names:
+            hint = difflib.get_close_matches(str(name), names, n=1)
+            raise ConfigError(f"{_join(key, name)}: unknown key" + (
+                f" (did you mean '{hint[0]}'?)" if hint else "") + f"; valid keys: {names}")
+    obj = cls(**{k: _convert(hints[k], v, _join(key, k)) for k, v in data.items()})
+    for name in names:
+        rule = RULES.get((cls, name))
+        value = getattr(obj, name)
+        if rule is not None and value is not None:
+            rule.check(value, _join(key, name))
+    if cls in CHECKS:
+        CHECKS[cls](obj, key)
+    return obj
+
+
+def _join(key: str, name: Any) -> str:
+    return f"{key}.{name}" if key else str(name)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The whole params.yaml as plain data; an unreadable or malformed file is a ConfigError with
+    its line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the params file: "
+                          f"{getattr(err, 'strerror', None) or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {show(data)}")
+    return data
+
+
 def read_section(path: str | Path, section: str) -> dict[str, Any]:
     """The plain data of ``section`` (dotted path for nesting) of a params.yaml file."""
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data: Any = read_params(path)
     for part in section.split("."):
         if not isinstance(data, dict) or part not in data:
-            raise KeyError(f"{path}: no section '{section}'")
+            raise ConfigError(f"{path}: no section '{section}'")
         data = data[part]
     return data
 
@@ -139,14 +207,6 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def load_section(path: str | Path, section: str, cls: type, *overrides: str) -> Any:
-    """Load ``section`` as dataclass ``cls``, merged with each override section in turn."""
-    data = read_section(path, section)
-    for extra in overrides:
-        data = merge(data, read_section(path, extra))
-    return from_dict(cls, data)
 
 
 @dataclass
@@ -172,10 +232,11 @@ class AnnotateConfig:
 class KDConfig:
     method: str = "posterior"  # a name from pipeline.kd.registry.OBJECTIVES
     k: int | None = None  # k-best paths used (None = all stored)
-    tau: float = 1.0  # temperature of token KD
+    tau: float = 1.0  # temperature of the objectives that have one (pipeline/kd/base.py rule)
     schedule: str = "constant"  # constant | anneal | kd_then_nll | learned
     lam: float = 0.5  # lambda of the constant schedule
-    anneal_rate: float = 0.5  # lambda decrease per epoch of the anneal schedule
+    anneal_rate: float = 0.5  # anneal: lambda decrease per epoch as a fraction (paper, Alg. 1)
+    anneal_percent: float | None = None  # anneal in the official code's unit (percent per epoch); wins
     normalize: str = "sentence"  # sentence | token
     options: dict[str, Any] = field(default_factory=dict)  # extra objective options
 
@@ -230,3 +291,136 @@ class ReportConfig:
     baseline: str = "none"  # the run every KD overhead and gap is measured against
     out: str = "report.md"
     chart: str = "report.png"
+
+
+# --- validation: what each field may hold (types are checked by ``_convert``) ----------------
+
+def _schemes() -> list[str]:
+    from pipeline.schemes import ALIASES
+
+    return ["auto", *ALIASES]
+
+
+def _entity_schemes() -> list[str]:
+    from pipeline.schemes import ALIASES
+
+    return [name for name, scheme in ALIASES.items() if scheme != "none"]
+
+
+def _objectives() -> list[str]:
+    from pipeline.kd.registry import OBJECTIVES
+
+    return list(OBJECTIVES)
+
+
+def _schedules() -> list[str]:
+    from pipeline.kd.schedules import SCHEDULES
+
+    return list(SCHEDULES)
+
+
+_AT_LEAST_1, _AT_LEAST_0, _POSITIVE = Range(lo=1), Range(lo=0), Range(lo=0, lo_open=True)
+_DEVICE = Device()
+
+RULES: dict[tuple[type, str], Any] = {
+    (CorpusConfig, "format"): OneOf("conll", "tsv", "conllu", "raw"),
+    (CorpusConfig, "files"): Each(OneOf(*SPLITS)),
+    (CorpusConfig, "scheme"): OneOf(names=_schemes, fold_case=True),
+    (CorpusConfig, "convert_to"): OneOf(names=_entity_schemes, fold_case=True),
+    (CorpusConfig, "limit"): _AT_LEAST_1,
+    (CorpusConfig, "holdout"): _AT_LEAST_1,
+    (EncoderConfig, "kind"): OneOf("transformer", "bilstm"),
+    (EncoderConfig, "layers"): _AT_LEAST_1,
+    (EncoderConfig, "pooling"): OneOf("first", "mean"),
+    (EncoderConfig, "max_length"): _AT_LEAST_1,
+    (EncoderConfig, "stride"): _AT_LEAST_0,
+    (EncoderConfig, "word_dim"): _AT_LEAST_1,
+    (EncoderConfig, "hidden"): _AT_LEAST_1,
+    (EncoderConfig, "lstm_layers"): _AT_LEAST_1,
+    (EncoderConfig, "char"): OneOf("cnn", "lstm", "none"),
+    (EncoderConfig, "char_dim"): _AT_LEAST_1,
+    (EncoderConfig, "char_hidden"): _AT_LEAST_1,
+    (EncoderConfig, "dropout"): Range(0, 1, hi_open=True),
+    (EncoderConfig, "min_word_count"): _AT_LEAST_1,
+    (DecoderConfig, "kind"): OneOf("crf", "maxent"),
+    (OptimConfig, "epochs"): _AT_LEAST_1,
+    (OptimConfig, "batch_size"): _AT_LEAST_1,
+    (OptimConfig, "lr"): _POSITIVE,
+    (OptimConfig, "head_lr"): _POSITIVE,
+    (OptimConfig, "weight_decay"): _AT_LEAST_0,
+    (OptimConfig, "warmup"): Range(0, 1),
+    (OptimConfig, "layer_decay"): Range(0, 1, lo_open=True),
+    (OptimConfig, "grad_clip"): _AT_LEAST_0,  # 0 = no clipping
+    (OptimConfig, "patience"): _AT_LEAST_0,
+    (OptimConfig, "seed"): Range(0, 2**32 - 1),  # numpy's seed range
+    (OptimConfig, "max_steps"): _AT_LEAST_1,
+    (TeacherConfig, "device"): _DEVICE,
+    (AnnotateConfig, "splits"): Each(OneOf(*SPLITS)),
+    (AnnotateConfig, "k"): _AT_LEAST_1,
+    (AnnotateConfig, "shard_size"): _AT_LEAST_1,
+    (AnnotateConfig, "batch_tokens"): _AT_LEAST_1,
+    (AnnotateConfig, "dtype"): OneOf("float16", "float32"),
+    (AnnotateConfig, "tensors"): OneOf("potentials", "full"),
+    (AnnotateConfig, "prune"): Range(0, 0.5, hi_open=True),
+    (AnnotateConfig, "tau"): _POSITIVE,
+    (AnnotateConfig, "device"): _DEVICE,
+    (KDConfig, "method"): OneOf(names=_objectives),
+    (KDConfig, "k"): _AT_LEAST_1,
+    (KDConfig, "tau"): _POSITIVE,
+    (KDConfig, "schedule"): OneOf(names=_schedules),
+    (KDConfig, "lam"): Range(0, 1),
+    (KDConfig, "anneal_rate"): _AT_LEAST_0,
+    (KDConfig, "normalize"): OneOf("sentence", "token"),
+    (DistillConfig, "labels"): Each(),
+    (DistillConfig, "batch_tokens"): _AT_LEAST_1,
+    (DistillConfig, "shuffle_buffer"): _AT_LEAST_1,
+    (DistillConfig, "workers"): _AT_LEAST_0,
+    (DistillConfig, "device"): _DEVICE,
+    (EvaluateConfig, "methods"): Each(),
+    (EvaluateConfig, "splits"): Each(OneOf(*SPLITS)),
+    (EvaluateConfig, "batch_size"): _AT_LEAST_1,
+    (EvaluateConfig, "device"): _DEVICE,
+    (ReportConfig, "methods"): Each(),
+}
+
+
+def check_corpus_names(corpora: list[CorpusConfig], key: str = "corpora") -> None:
+    """Corpus names must be unique: sentence ids are ``corpus/split/index``, so a second corpus of
+    the same name would overwrite the first one's sentences."""
+    for i, corpus in enumerate(corpora):
+        first = next(j for j, other in enumerate(corpora) if other.name == corpus.name)
+        if first != i:
+            raise ConfigError(f"{key}[{i}].name: corpus name {corpus.name!r} is already used by "
+                              f"{key}[{first}]; corpus names must be unique")
+
+
+def _check_corpus(cfg: CorpusConfig, key: str) -> None:
+    if not cfg.files:
+        raise ConfigError(f"{_join(key, 'files')}: no files; give at least one of {list(SPLITS)}")
+    if cfg.holdout is not None and ("train" not in cfg.files or "dev" in cfg.files):
+        raise ConfigError(f"{_join(key, 'holdout')}: cuts dev from the train file, so it needs a "
+                          f"train file and no dev file; files has {sorted(cfg.files)}")
+    if cfg.format == "conllu" and cfg.label_col not in (-1, 3, 4):
+        raise ConfigError(f"{_join(key, 'label_col')}: CoNLL-U labels are column 3 (UPOS, also -1) "
+                          f"or 4 (XPOS), got {cfg.label_col}")
+    if cfg.convert_to and cfg.scheme.lower() == "none":
+        raise ConfigError(f"{_join(key, 'convert_to')}: scheme 'none' has no entities to convert")
+
+
+def _check_kd(cfg: KDConfig, key: str) -> None:
+    from pipeline.kd.registry import objective_options
+
+    valid = objective_options(cfg.method)
+    unknown = sorted(set(cfg.options) - set(valid))
+    if unknown:
+        raise ConfigError(f"{_join(key, 'options')}: unknown option(s) {unknown} of KD method "
+                          f"{cfg.method!r}; valid: {valid}")
+
+
+CHECKS: dict[type, typing.Callable[[Any, str], None]] = {
+    CorpusConfig: _check_corpus,
+    KDConfig: _check_kd,
+    AnnotateConfig: lambda cfg, key: check_corpus_names(cfg.corpora, _join(key, "corpora")),
+    PrepareConfig: lambda cfg, key: check_corpus_names(cfg.corpora, _join(key, "corpora")),
+    EvaluateConfig: lambda cfg, key: check_corpus_names(cfg.corpora, _join(key, "corpora")),
+}

@@ -3,19 +3,24 @@
 
 The file formats, the ``Sentence`` type and ``CorpusError`` / ``CorpusWarning`` live in
 ``pipeline.readers``; they are imported here for the callers that read corpora by config.
+``check_corpora`` is what a stage calls first on its list of corpora: unique names, every file
+present, so nothing is read (or written) before a config that cannot work is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from pipeline.config import CorpusConfig
+from pipeline.config import CorpusConfig, check_corpus_names
+from pipeline.errors import ConfigError, DataError
 from pipeline.readers import (CorpusError, CorpusWarning, Located, Sentence, read_columns_located,
                               read_conllu_located, read_raw_located)
 from pipeline.schemes import convert, detect_scheme, first_invalid, normalize_scheme, parse_label
 
-__all__ = ["CorpusError", "CorpusWarning", "Sentence", "corpus_splits", "effective_scheme", "read_corpus"]
+__all__ = ["CorpusError", "CorpusWarning", "Sentence", "check_corpora", "corpus_splits",
+           "effective_scheme", "read_corpus"]
 
 
 _CONLLU_TAG = {-1: "upos", 3: "upos", 4: "xpos"}
@@ -29,11 +34,25 @@ def corpus_splits(cfg: CorpusConfig) -> list[str]:
     return splits
 
 
+def check_corpora(corpora: Sequence[CorpusConfig], key: str = "corpora") -> None:
+    """Refuse corpora that cannot be read as configured: two with the same name (their sentence
+    ids ``corpus/split/index`` would collide: a ConfigError), or a split file that is missing or
+    not a file (a DataError naming the corpus, the split and the path)."""
+    check_corpus_names(list(corpora), key)
+    for i, cfg in enumerate(corpora):
+        for split, path in cfg.files.items():
+            if not Path(path).is_file():
+                what = "is not a file" if Path(path).exists() else "does not exist"
+                raise DataError(f"{key}[{i}].files.{split}: {path} {what} (corpus {cfg.name!r})")
+
+
 def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], list[Located]]:
     if cfg.holdout and "dev" not in cfg.files and split in ("train", "dev"):
         return _read_holdout(cfg, split)
     if split not in cfg.files:
-        raise ValueError(f"corpus {cfg.name!r} has no split {split!r}; it has {sorted(cfg.files)}")
+        hint = " (give files.dev, or holdout: N to cut it from train)" if split == "dev" else ""
+        raise ConfigError(f"corpus {cfg.name!r} has no split {split!r}; it has "
+                          f"{corpus_splits(cfg)}{hint}")
     path = cfg.files[split]
     where = (path, cfg.name, split, cfg.lang)
     if cfg.format in ("conll", "tsv"):
@@ -43,13 +62,13 @@ def _read_located(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
                                     comment="#", limit=cfg.limit)
     if cfg.format == "conllu":
         if cfg.label_col not in _CONLLU_TAG:
-            raise ValueError(f"corpus {cfg.name!r}: CoNLL-U label_col must be 3 (UPOS, also -1) "
+            raise ConfigError(f"corpus {cfg.name!r}: CoNLL-U label_col must be 3 (UPOS, also -1) "
                              f"or 4 (XPOS), got {cfg.label_col}")
         return path, *read_conllu_located(*where, tag=_CONLLU_TAG[cfg.label_col], labels=None,
                                    limit=cfg.limit)
     if cfg.format == "raw":
         return path, *read_raw_located(*where, limit=cfg.limit)
-    raise ValueError(f"corpus {cfg.name!r}: unknown format {cfg.format!r} "
+    raise ConfigError(f"corpus {cfg.name!r}: unknown format {cfg.format!r} "
                      "(conll, tsv, conllu, raw)")
 
 
@@ -60,8 +79,8 @@ def _read_holdout(cfg: CorpusConfig, split: str) -> tuple[str, list[Sentence], l
     full = dataclasses.replace(cfg, holdout=None, limit=None)
     path, sentences, located = _read_located(full, "train")
     if cfg.holdout >= len(sentences):
-        raise ValueError(f"corpus {cfg.name!r}: holdout {cfg.holdout} leaves no training sentence "
-                         f"({len(sentences)} in {path})")
+        raise DataError(f"corpus {cfg.name!r}: holdout {cfg.holdout} leaves no training sentence "
+                        f"({len(sentences)} in {path})")
     cut = len(sentences) - cfg.holdout
     part = slice(cut, None) if split == "dev" else slice(0, cut)
     sentences, located = sentences[part][: cfg.limit], located[part][: cfg.limit]
@@ -98,8 +117,8 @@ def read_corpus(cfg: CorpusConfig, split: str) -> list[Sentence]:
     target = normalize_scheme(cfg.convert_to) if cfg.convert_to else scheme
     if "none" in (scheme, target):
         if scheme != target:
-            raise ValueError(f"corpus {cfg.name!r}: cannot convert labels from {scheme!r} "
-                             f"to {target!r}")
+            raise ConfigError(f"corpus {cfg.name!r}: cannot convert labels from {scheme!r} "
+                              f"to {target!r}")
         return sentences
     repaired: list[int] = []
     for sentence, loc in zip(sentences, located):

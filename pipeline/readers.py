@@ -5,6 +5,16 @@ Every reader reads the whole file as bytes and decodes it itself, so every probl
 only blank lines, ``-DOCSTART-`` lines, comment lines and (CoNLL-U) multiword-token and empty-node
 lines are not tokens, and no sentence is truncated (encoders window long sentences).
 
+Lines end at ``\r\n``, ``\r`` (old Mac files) or ``\n``, in any mix; a BOM is dropped at the start
+of the file only. Sentence breaks, as CoNLL tools read them: a blank or whitespace-only line ends a
+sentence, and so does a ``-DOCSTART-`` line. Where such a line interrupts a sentence (a
+whitespace-only line with a token line right after it, or a ``-DOCSTART-`` line right after a token
+line, with no blank line between), the sentence is still split there, and one ``CorpusWarning``
+per file names each such line: the split is visible, never silent. Errors, each naming the line:
+a line that holds only invisible characters (``U+FEFF``, ``U+200B``, ``U+00A0``, ...: it is
+neither blank nor a token line), a ``U+FEFF`` (byte-order mark) anywhere but at the start of the
+file (files concatenated with their BOMs), labels holding invisible or non-printable characters.
+
 Comment lines (``comment="#"``) in the column formats: ``#`` is also a real token (CoNLL-2000
 ``# # B-NP``, UD ``###<TAB>SYM``), so a line starting with the comment prefix is a comment only
 where a sentence may start (after a blank line or at the top) and when its field count differs
@@ -15,17 +25,22 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import rawtext
+from pipeline.errors import DataError
 
 DOCSTART = "-DOCSTART-"
 _ASCII_SPACE = " \t\r\x0b\x0c"
 _COLUMN_SEP = re.compile(r"[ \t\r\x0b\x0c]+")
 _LANG_PREFIX = re.compile(r"([A-Za-z]{2,3}):")
 _INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+BOM = "\ufeff"
 
 
 @dataclass
@@ -40,7 +55,7 @@ class Sentence:
     lang: str
 
 
-class CorpusError(ValueError):
+class CorpusError(DataError, ValueError):
     """A malformed corpus file; the message starts with ``path:line:``."""
 
     def __init__(self, path: str | Path, line: int, message: str) -> None:
@@ -51,7 +66,8 @@ class CorpusError(ValueError):
 
 
 class CorpusWarning(UserWarning):
-    """Labels were repaired on reading; the message names the file and the lines."""
+    """Labels were repaired, or a sentence was split at a whitespace-only or ``-DOCSTART-`` line
+    inside it; the message names the file and the lines."""
 
 
 @dataclass
@@ -64,19 +80,54 @@ class Located:
 
 
 def _read_lines(path: str | Path) -> list[str]:
-    """The file's lines (``\\n``-separated, trailing ``\\r`` and a leading BOM removed)."""
-    data = Path(path).read_bytes()
+    """The file's lines, split at ``\\r\\n``, ``\\r`` and ``\\n``; a leading BOM removed."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the corpus file: {err.strerror or err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line_start = data.rfind(b"\n", 0, err.start) + 1
-        raise CorpusError(path, data.count(b"\n", 0, err.start) + 1,
-                          f"invalid UTF-8 byte {data[err.start]:#04x} at column "
-                          f"{err.start - line_start + 1}") from None
-    lines = text.removeprefix("\ufeff").split("\n")
+        breaks = list(_LINE_BREAK_BYTES.finditer(data, 0, err.start))
+        line_start = breaks[-1].end() if breaks else 0
+        raise CorpusError(path, len(breaks) + 1, f"invalid UTF-8 byte {data[err.start]:#04x} at "
+                          f"column {err.start - line_start + 1}") from None
+    lines = _LINE_BREAK.split(text.removeprefix(BOM))
     if lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines
+
+
+def describe(chars: Iterable[str]) -> str:
+    """``U+FEFF (ZERO WIDTH NO-BREAK SPACE)``, ...: each distinct character once, in order."""
+    return ", ".join(f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+                     for ch in dict.fromkeys(chars))
+
+
+def _invisible(text: str) -> list[str]:
+    """The characters of ``text`` that show no glyph (other than ASCII space and tab)."""
+    return [ch for ch in text if ch not in _ASCII_SPACE and unicodedata.category(ch) in _INVISIBLE]
+
+
+def _check_line(path: str | Path, lineno: int, line: str) -> None:
+    """A non-blank line must show something, and a BOM belongs only at the start of the file."""
+    if not _visible(line.strip(_ASCII_SPACE)):
+        raise CorpusError(path, lineno, f"line holds only {describe(_invisible(line))}: it is "
+                          "neither a blank line nor a token line")
+    if BOM in line:
+        raise CorpusError(path, lineno, f"U+FEFF (byte-order mark) at column "
+                          f"{line.index(BOM) + 1}: only the start of a file may hold one "
+                          "(files concatenated with their BOMs?)")
+
+
+def _warn_breaks(path: str | Path, breaks: list[tuple[int, str]]) -> None:
+    """One warning naming every line that split a sentence without a blank line."""
+    if breaks:
+        shown = ", ".join(f"line {n} ({what})" for n, what in breaks[:10])
+        warnings.warn(CorpusWarning(
+            f"{path}: {len(breaks)} sentence(s) split where no blank line was: {shown}"
+            f"{', ...' if len(breaks) > 10 else ''}; make such a line blank to keep the split, "
+            "or delete it to join the halves"), stacklevel=3)
 
 
 def _visible(token: str) -> bool:
@@ -89,7 +140,8 @@ def _visible(token: str) -> bool:
 
 def _check_word(path: str | Path, lineno: int, word: str) -> str:
     if not _visible(word):
-        raise CorpusError(path, lineno, f"empty token {word!r} (no visible character)")
+        raise CorpusError(path, lineno, f"empty token {word!r}" + (
+            f" (no visible character: {describe(word)})" if word else ""))
     return word
 
 
@@ -97,6 +149,9 @@ def _check_label(path: str | Path, lineno: int, label: str, label_set: frozenset
                  missing: tuple[str, ...] = ("",)) -> str:
     if label in missing or any(ch.isspace() for ch in label):
         raise CorpusError(path, lineno, f"missing or malformed label {label!r}")
+    if not label.isprintable():
+        raise CorpusError(path, lineno, f"missing or malformed label {label!r}: it holds "
+                          f"{describe(ch for ch in label if not ch.isprintable())}")
     if label_set is not None and label not in label_set:
         raise CorpusError(path, lineno, f"label {label!r} is not in the label set "
                           f"{sorted(label_set)}")
@@ -154,8 +209,11 @@ class _Columns:
         if not self.ncols:
             self._set_columns(len(fields), lineno)
         if len(fields) != self.ncols:
+            spaces = [ch for ch in _invisible("".join(fields)) if unicodedata.category(ch) == "Zs"]
             raise CorpusError(self.path, lineno, f"expected {self.ncols} columns (as on line "
-                              f"{self.ncols_line}), found {len(fields)}")
+                              f"{self.ncols_line}), found {len(fields)}" + (
+                                  f" (the line holds {describe(spaces)}, which does not separate "
+                                  "columns)" if spaces else ""))
         word = fields[self.cols[0]]
         if self.strip_lang_prefix:
             prefix = _LANG_PREFIX.match(word)
@@ -184,15 +242,23 @@ def read_columns_located(path: str | Path, corpus: str, split: str, lang: str, *
                   and not (comment and line.startswith(comment)))
     hint = next((len(fields) for fields in candidates if fields[0] != DOCSTART), None)
     located: list[Located] = []
+    breaks: list[tuple[int, str]] = []  # lines that split a sentence without a blank line
     tokens: list[str] = []
     tags: list[str] = []
     first = 0
     for lineno, line in enumerate([*lines, ""], 1):
         if limit is not None and len(located) >= limit:
             break
-        fields = split_fields(line) if line.strip(_ASCII_SPACE) else [DOCSTART]
-        if fields[0] == DOCSTART:  # blank and -DOCSTART- lines end a sentence
+        content = line.strip(_ASCII_SPACE)
+        if content:
+            _check_line(path, lineno, line)
+        fields = split_fields(line) if content else [DOCSTART]
+        if fields[0] == DOCSTART:  # blank, whitespace-only and -DOCSTART- lines end a sentence
             if tokens:
+                if content:
+                    breaks.append((lineno, DOCSTART))
+                elif line and _token_follows(lines, lineno):
+                    breaks.append((lineno, "whitespace-only line"))
                 located.append(Located(tokens, None if label_col is None else tags,
                                         range(first, first + len(tokens))))
                 tokens, tags = [], []
@@ -204,7 +270,18 @@ def read_columns_located(path: str | Path, corpus: str, split: str, lang: str, *
             first = lineno
         tokens.append(word)
         tags.append(label or "")
+    _warn_breaks(path, breaks)
     return _finish(path, located, len(lines), corpus, split, lang)
+
+
+def _token_follows(lines: list[str], lineno: int, comment: str | None = None) -> bool:
+    """Is the line after 1-based line ``lineno`` one that continues a sentence (not blank, not
+    ``-DOCSTART-``, not a ``comment`` line)?"""
+    if lineno >= len(lines):
+        return False
+    following = lines[lineno].strip(_ASCII_SPACE)
+    return bool(following) and not following.startswith(DOCSTART) and not (
+        comment and following.startswith(comment))
 
 
 def read_conll(path: str | Path, corpus: str, split: str, lang: str = "en", *, word_col: int = 0,
@@ -259,15 +336,19 @@ def read_conllu_located(path: str | Path, corpus: str, split: str, lang: str, *,
     label_set = None if labels is None else frozenset(labels)
     lines = _read_lines(path)
     located: list[Located] = []
+    breaks: list[tuple[int, str]] = []
     current = Located([], [], [])
     for lineno, line in enumerate(lines, 1):
         if limit is not None and len(located) >= limit:
             break
         if not line.strip(_ASCII_SPACE):
             if current.tokens:
+                if line and _token_follows(lines, lineno, "#"):
+                    breaks.append((lineno, "whitespace-only line"))
                 located.append(current)
                 current = Located([], [], [])
             continue
+        _check_line(path, lineno, line)
         if line.startswith("#"):
             continue
         fields = line.split("\t")
@@ -284,6 +365,7 @@ def read_conllu_located(path: str | Path, corpus: str, split: str, lang: str, *,
         current.lines.append(lineno)
     if current.tokens and (limit is None or len(located) < limit):
         located.append(current)
+    _warn_breaks(path, breaks)
     return _finish(path, located, len(lines), corpus, split, lang)
 
 

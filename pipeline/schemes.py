@@ -22,7 +22,8 @@ import torch
 from pipeline.crf import Constraints
 
 SCHEMES = ("IOB1", "IOB2", "BIOES", "none")
-_ALIASES = {"iob1": "IOB1", "iob2": "IOB2", "bio": "IOB2", "bioes": "BIOES", "iobes": "BIOES",
+# the names a config may use for each scheme (any case)
+ALIASES = {"iob1": "IOB1", "iob2": "IOB2", "bio": "IOB2", "bioes": "BIOES", "iobes": "BIOES",
             "none": "none"}
 _PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES"}
 _RANK = {"B": 1, "I": 2, "E": 3, "S": 4}
@@ -34,9 +35,9 @@ Span = tuple[int, int, str]  # [start, end) and type
 def normalize_scheme(name: str) -> str:
     """Canonical scheme name (``IOB1``, ``IOB2``, ``BIOES``, ``none``); BIO, IOBES are aliases."""
     key = str(name).lower()
-    if key not in _ALIASES:
+    if key not in ALIASES:
         raise ValueError(f"unknown tag scheme {name!r}; known: {', '.join(SCHEMES)}")
-    return _ALIASES[key]
+    return ALIASES[key]
 
 
 def parse_label(label: str) -> Parsed:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CorpusConfig
-from pipeline.corpus import corpus_splits, effective_scheme, read_corpus
+from pipeline.config import CorpusConfig, PrepareConfig, from_dict
+from pipeline.corpus import check_corpora, corpus_splits, effective_scheme, read_corpus
+from pipeline.errors import ConfigError, DataError
 from pipeline.readers import (CorpusError, CorpusWarning, Sentence, read_conll, read_conllu, read_raw,
                               read_tsv)
 
@@ -60,9 +61,75 @@ def test_conll2003_columns(tmp_path):
 
 def test_conll_tabs_crlf_bom_and_docstart_inside(tmp_path):
     text = "\ufeffA\tDT  B-NP\r\nb \t NN\tI-NP\r\n-DOCSTART- -X- O\r\nc NN B-NP\r\n \t \r\nd NN O"
-    got = read_conll(write(tmp_path, text), "c", "s")
+    path = write(tmp_path, text)
+    with pytest.warns(CorpusWarning, match=rf"{path}: 2 sentence\(s\) split where no blank line "
+                      r"was: line 3 \(-DOCSTART-\), line 5 \(whitespace-only line\)"):
+        got = read_conll(path, "c", "s")
     assert [s.tokens for s in got] == [["A", "b"], ["c"], ["d"]]
     assert [s.sid for s in got] == ["c/s/0", "c/s/1", "c/s/2"]
+
+
+@pytest.mark.parametrize("newline", [b"\r", b"\r\n", b"\n"])
+def test_every_line_ending_reads_the_same(tmp_path, newline):
+    text = b"-DOCSTART- -X- O\n\nEU NNP B-ORG\nrejects VBZ O\n\nPeter NNP B-PER\n"
+    got = read_conll(write(tmp_path, text.replace(b"\n", newline)), "c", "s")
+    assert [(s.tokens, s.labels) for s in got] == [(["EU", "rejects"], ["B-ORG", "O"]),
+                                                   (["Peter"], ["B-PER"])]
+
+
+def test_mixed_line_endings_and_errors_count_cr_lines(tmp_path):
+    path = write(tmp_path, b"a DT O\rb NN O\r\n\nc NN O\rd NN O\ne NN O\r\r")
+    assert [s.tokens for s in read_conll(path, "c", "s")] == [["a", "b"], ["c", "d", "e"]]
+    raises_at(write(tmp_path, b"a DT O\rb NN O\r\nc\xff NN O\n", "bad.txt"), 3,
+              "invalid UTF-8 byte 0xff at column 2", read_conll, "c", "s")
+    raises_at(write(tmp_path, b"a DT O\rb NN\r", "cols.txt"), 2, "expected 3 columns",
+              read_conll, "c", "s")
+    assert [s.tokens for s in read_raw(write(tmp_path, b"One.\rTwo.\r\nThree.", "r.txt"),
+                                       "r", "u")] == [["One", "."], ["Two", "."], ["Three", "."]]
+
+
+def test_break_lines_warn_only_inside_a_sentence(tmp_path):
+    quiet = "a DT O\n \n\nb NN O\n\n-DOCSTART- -X- O\n \nc NN O\n  \n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = read_conll(write(tmp_path, quiet), "c", "s")
+    assert [s.tokens for s in got] == [["a"], ["b"], ["c"]]
+    path = write(tmp_path, "a DT O\nb NN O\n\t\nc NN O\n-DOCSTART- -X- O\n\nd NN O\n", "w.txt")
+    with pytest.warns(CorpusWarning, match=r"2 sentence\(s\) split .*: line 3 \(whitespace-only "
+                                           r"line\), line 5 \(-DOCSTART-\)"):
+        got = read_conll(path, "c", "s")
+    assert [s.tokens for s in got] == [["a", "b"], ["c"], ["d"]]
+    conllu = write(tmp_path, "1\ta\t_\tX\t_\t_\t_\t_\t_\t_\n \n1\tb\t_\tX\t_\t_\t_\t_\t_\t_\n", "u")
+    with pytest.warns(CorpusWarning, match=r"1 sentence\(s\) split .*: line 2 \(whitespace-only"):
+        assert [s.tokens for s in read_conllu(conllu, "c", "s")] == [["a"], ["b"]]
+
+
+@pytest.mark.parametrize("line, match", [
+    ("\ufeff", r"line holds only U\+FEFF \(ZERO WIDTH NO-BREAK SPACE\)"),
+    ("\u200b\t", r"line holds only U\+200B \(ZERO WIDTH SPACE\)"),
+    ("\xa0 \u3000", r"line holds only U\+00A0 \(NO-BREAK SPACE\), U\+3000 \(IDEOGRAPHIC SPACE\)"),
+    ("\ufeffb NN O", r"U\+FEFF \(byte-order mark\) at column 1: only the start of a file"),
+    ("b NN O\u200b", r"label 'O\\u200b': it holds U\+200B \(ZERO WIDTH SPACE\)"),
+    ("b\xa0NN O", r"expected 3 columns .*found 2 \(the line holds U\+00A0 \(NO-BREAK SPACE\), "
+                  r"which does not separate columns\)"),
+    ("\u200b NN O", r"empty token '\\u200b' \(no visible character: U\+200B"),
+])
+def test_invisible_characters_are_named(tmp_path, line, match):
+    for fmt in ("conll", "conllu"):
+        if fmt == "conllu" and "NN O" in line:
+            continue
+        text = f"a DT O\n{line}\nc NN O\n" if fmt == "conll" else \
+            f"1\ta\t_\tX\t_\t_\t_\t_\t_\t_\n{line}\n"
+        reader = read_conll if fmt == "conll" else read_conllu
+        raises_at(write(tmp_path, text, fmt), 2, match, reader, "c", "s")
+
+
+def test_unreadable_files_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match=rf"{tmp_path / 'nope.txt'}: cannot read the corpus file: "
+                                        "No such file"):
+        read_conll(tmp_path / "nope.txt", "c", "s")
+    with pytest.raises(DataError, match="Is a directory"):
+        read_raw(tmp_path, "c", "s")
 
 
 def test_hash_is_a_token_and_comments_only_where_a_sentence_starts(tmp_path):
@@ -308,10 +375,37 @@ def test_holdout_makes_dev_from_the_end_of_train(tmp_path):
     assert [s.tokens[0] for s in dev] == ["w7", "w8", "w9"]
     assert {s.split for s in dev} == {"dev"} and {s.split for s in train} == {"train"}
     assert [s.sid for s in dev] == ["c/dev/0", "c/dev/1", "c/dev/2"] and train[6].sid == "c/train/6"
-    with pytest.raises(ValueError, match="holdout"):
+    with pytest.raises(DataError, match="holdout 10 leaves no training sentence"):
         read_corpus(CorpusConfig(name="c", files={"train": str(path)}, holdout=10), "dev")
     assert corpus_splits(cfg) == ["train", "dev"]
-    both = CorpusConfig(name="c", files={"train": str(path), "dev": str(path), "test": str(path)},
-                        holdout=3)
-    assert corpus_splits(both) == ["train", "dev", "test"]  # a dev file wins over the holdout
-    assert corpus_splits(CorpusConfig(name="c", files={"test": str(path)}, holdout=3)) == ["test"]
+    for files in ({"train": str(path), "dev": str(path)}, {"test": str(path)}):
+        with pytest.raises(ConfigError, match="c.holdout: cuts dev from the train file"):
+            from_dict(CorpusConfig, {"name": "c", "files": files, "holdout": 3}, "c")
+
+
+def test_a_missing_split_names_what_the_corpus_has(tmp_path):
+    cfg = CorpusConfig(name="c", files={"train": str(write(tmp_path, "a O\n"))})
+    with pytest.raises(ConfigError, match=r"corpus 'c' has no split 'dev'; it has \['train'\] "
+                                          r"\(give files.dev, or holdout: N"):
+        read_corpus(cfg, "dev")
+
+
+def test_check_corpora_refuses_duplicate_names_bad_split_keys_and_missing_files(tmp_path):
+    path = str(write(tmp_path, "a O\n"))
+    same = [{"name": "c", "files": {"train": path}}, {"name": "d", "files": {"test": path}},
+            {"name": "c", "files": {"test": path}}]
+    with pytest.raises(ConfigError, match=r"prepare.corpora\[2\].name: corpus name 'c' is already "
+                                          r"used by prepare.corpora\[0\]"):
+        from_dict(PrepareConfig, {"corpora": same}, "prepare")
+    with pytest.raises(ConfigError, match=r"corpora\[2\].name: corpus name 'c'"):
+        check_corpora([CorpusConfig(**c) for c in same])
+    with pytest.raises(ConfigError, match=r"prepare.corpora\[0\].files.valid: must be one of "
+                                          r"\['train', 'dev', 'test', 'unlabeled'\], got 'valid'"):
+        from_dict(PrepareConfig, {"corpora": [{"name": "c", "files": {"valid": path}}]}, "prepare")
+    missing = CorpusConfig(name="c", files={"train": path, "test": str(tmp_path / "gone.txt")})
+    with pytest.raises(DataError, match=rf"corpora\[0\].files.test: {tmp_path / 'gone.txt'} does "
+                                        r"not exist \(corpus 'c'\)"):
+        check_corpora([missing])
+    with pytest.raises(DataError, match="is not a file"):
+        check_corpora([CorpusConfig(name="c", files={"train": str(tmp_path)})])
+    check_corpora([CorpusConfig(name="c", files={"train": path})])
