@@ -3,13 +3,16 @@
 Each case is a file built line by line from a model (token lines, blank lines, -DOCSTART-,
 comments), optionally with corruptions at known lines: wrong column count or a stray tab, an
 empty token, a tag outside the label set, a missing language prefix, a bad CoNLL-U id or tag,
-bytes that are not UTF-8 (Latin-1, cp1252, truncated sequences, surrogates). Valid variations
-ride along: tabs and spaces mixed, CRLF, whitespace-only blank lines, '#' as a real token,
-20,000-character tokens and 5,000-word sentences. The reader must either raise a CorpusError
-naming the file and the first bad line (invalid UTF-8 first: the file is decoded before it is
-parsed), or return exactly the modelled sentences: none dropped, none merged, none truncated.
-Any other exception fails the test. ``-m slow`` runs a 10,000-example campaign and prints its
-figures.
+bytes that are not UTF-8 (Latin-1, cp1252, truncated sequences, surrogates), a line that holds
+only invisible characters (U+FEFF, U+200B, U+00A0, U+3000), a byte-order mark glued to a line.
+Valid variations ride along: tabs and spaces mixed, LF, CRLF, CR-only (old Mac) and mixed line
+endings, whitespace-only blank lines, '#' as a real token, 20,000-character tokens, 5,000-word
+sentences, and whitespace-only or -DOCSTART- lines inside a sentence (which split it). The reader
+must either raise a CorpusError naming the file and the first bad line (invalid UTF-8 first: the
+file is decoded before it is parsed), or return exactly the modelled sentences (none dropped,
+merged or truncated) with one CorpusWarning naming exactly the lines that split a sentence where
+no blank line was. Any other exception fails the test. ``-m slow`` runs a 10,000-example campaign
+and prints its figures.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ RAW_WORDS = WORDS + ["Mr.", "Inc.", "He", "!", "?", "..."]
 EXTRA = ["NNP", "B-NP", "I-NP", "-X-", "O", "#", "_"]
 UPOS = ["NOUN", "VERB", "PROPN", "PUNCT", "ADJ"]
 BAD_BYTES = [b"caf\xe9", b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\x93quoted\x94", b"\xf8x"]
+INVISIBLE = ["\ufeff", "\u200b", "\xa0", " \u3000\t"]  # a line of only these is an error
+LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 SETTINGS = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -51,6 +56,7 @@ class Case:
         self.sentences: list[tuple[list[str], list[str] | None]] = []
         self.token_lines: list[int] = []  # 1-based lines that hold a token
         self.bad: dict[int, str] = {}  # line -> corruption kind
+        self.splits: list[int] = []  # lines that split a sentence without a blank line (warned)
 
     def add(self, line: str | bytes, token: bool = False) -> int:
         self.lines.append(line.encode("utf-8") if isinstance(line, str) else line)
@@ -64,16 +70,23 @@ class Case:
             kind = draw(st.sampled_from(sorted(kinds)))
             line = draw(st.sampled_from(self.token_lines))
             if line in self.bad or kind == "columns" and (
-                    line == protect or self.lines[line - 1].startswith(b"#")):
+                    line == protect or self.lines[line - 1].startswith(b"#")) or (
+                    kind in ("invisible", "bom") and line == 1):  # a BOM on line 1 is the file's
                 continue
             self.lines[line - 1] = kinds[kind](self.lines[line - 1])
             self.bad[line] = kind
 
     def write(self, draw, folder: Path) -> Path:
-        every = draw(st.sampled_from([0, 1, 2, 3]))  # CRLF on no line, every line, or a mix
-        endings = [b"\r\n" if every and i % every == 0 else b"\n" for i in range(len(self.lines))]
+        """Line endings: LF, CRLF or CR (old Mac) throughout, or any mix of the three."""
+        mode = draw(st.sampled_from([b"\n", b"\r\n", b"\r", b"mixed"]))
+        rng = _rng(draw)
+        endings = [rng.choice([b"\n", b"\r\n", b"\r"]) if mode == b"mixed" else mode
+                   for _ in self.lines]
         if endings:
-            endings[-1] = draw(st.sampled_from([b"\n", b"\r\n", b""]))
+            endings[-1] = draw(st.sampled_from([b"\n", b"\r\n", b"\r", b""]))
+        for i in range(len(endings) - 1):  # CR, then an empty line ended by LF, would read as CRLF
+            if endings[i] == b"\r" and not self.lines[i + 1] and endings[i + 1].startswith(b"\n"):
+                endings[i + 1] = b"\r"
         path = folder / "case.txt"
         path.write_bytes(b"".join(line + end for line, end in zip(self.lines, endings)))
         return path
@@ -83,7 +96,8 @@ class Case:
         if utf8 or self.bad:
             return min(utf8 or self.bad)
         if not self.sentences:
-            return max(1, data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1))
+            lines = len(LINE_BREAK.findall(data))
+            return max(1, lines + (0 if not data or data.endswith((b"\n", b"\r")) else 1))
         return None
 
 
@@ -95,6 +109,14 @@ def _rng(draw) -> random.Random:
 
 def _utf8(line: bytes) -> bytes:
     return line[:1] + BAD_BYTES[len(line) % len(BAD_BYTES)] + line[1:]
+
+
+def _invisible(line: bytes) -> bytes:
+    return INVISIBLE[len(line) % len(INVISIBLE)].encode("utf-8")
+
+
+def _bom(line: bytes) -> bytes:
+    return "\ufeff".encode("utf-8") + line
 
 
 def _columns(line: bytes, tab_only: bool) -> bytes:
@@ -116,14 +138,24 @@ def column_cases(draw, tab_only: bool):
     if draw(st.booleans()):
         case.add(seps[-1].join(["-DOCSTART-"] + ["-X-"] * (ncols - 2) + ["O"]))
     for k in range(draw(st.integers(0, 6))):
-        for _ in range(draw(st.integers(1 if k else 0, 2))):
-            case.add(rng.choice(["", " ", "\t", " \t "]))
+        separators = [rng.choice(["", " ", "\t", " \t "])
+                      for _ in range(draw(st.integers(1 if k else 0, 2)))]
+        for line in separators:
+            case.add(line)
+        if k and separators[-1] and not separators[:-1]:  # one whitespace-only line: warned
+            case.splits.append(len(case.lines))
         if draw(st.integers(0, 4)) == 0:
             case.add("#" + (" c" if tab_only else " c" * (ncols + 1)))
         long = draw(st.integers(0, 99)) == 0
         n = 5000 if long else draw(st.integers(1, 6))
+        split_at = draw(st.integers(1, n - 1)) if n > 1 and draw(st.integers(0, 5)) == 0 else None
         tokens, labels = [], []
         for i in range(n):
+            if i == split_at:  # a whitespace-only or -DOCSTART- line inside the sentence splits it
+                docstart = seps[-1].join(["-DOCSTART-"] + ["-X-"] * (ncols - 2) + ["O"])
+                case.splits.append(case.add(rng.choice([" ", "\t", docstart])))
+                case.sentences.append((tokens, labels))
+                tokens, labels = [], []
             word = f"w{i}" if long or (k == 0 and i == 0) else rng.choice(words)
             label = rng.choice(NER)
             fields = [("en:" if prefix else "") + word]
@@ -139,7 +171,8 @@ def column_cases(draw, tab_only: bool):
     kinds = {"columns": lambda b: _columns(b, tab_only),
              "empty": lambda b: (b"en:" if prefix else b"\x00"[:not tab_only])
              + b[re.match(first, b).end():],
-             "label": lambda b: b[:re.search(rb"[^ \t]*$", b).start()] + b"B-FOO", "utf8": _utf8}
+             "label": lambda b: b[:re.search(rb"[^ \t]*$", b).start()] + b"B-FOO", "utf8": _utf8,
+             "invisible": _invisible, "bom": _bom}
     if prefix:
         kinds["prefix"] = lambda b: b[3:]
     case.corrupt(draw, kinds, protect=case.token_lines[0] if case.token_lines else None)
@@ -151,9 +184,13 @@ def conllu_cases(draw):
     """A CoNLL-U file with comments, multiword tokens and empty nodes."""
     case, rng = Case(), _rng(draw)
     for k in range(draw(st.integers(0, 5))):
+        comment = draw(st.booleans())
         if k:
-            case.add("")
-        if draw(st.booleans()):
+            separator = rng.choice(["", "", " ", "\t"])
+            case.add(separator)
+            if separator and not comment:  # whitespace-only, then a token line: warned
+                case.splits.append(len(case.lines))
+        if comment:
             case.add(f"# sent_id = {k}")
         n = 5000 if draw(st.integers(0, 99)) == 0 else draw(st.integers(1, 6))
         tokens, tags = [], []
@@ -172,7 +209,8 @@ def conllu_cases(draw):
              "id": lambda b: b"9999" + b[b.index(b"\t"):],
              "tag": lambda b: b"\t".join(b.split(b"\t")[:3] + [b"_"] + b.split(b"\t")[4:]),
              "empty": lambda b: b"\t".join(b.split(b"\t")[:1] + [b""] + b.split(b"\t")[2:]),
-             "utf8": lambda b: b.replace(b"\t", b"\t" + BAD_BYTES[len(b) % len(BAD_BYTES)], 1)}
+             "utf8": lambda b: b.replace(b"\t", b"\t" + BAD_BYTES[len(b) % len(BAD_BYTES)], 1),
+             "invisible": _invisible, "bom": _bom}
     case.corrupt(draw, kinds)
     return case, {"tag": "upos"}
 
@@ -199,7 +237,8 @@ READERS = {"conll": (read_conll, column_cases(False)), "tsv": (read_tsv, column_
 KIND = [("columns", "columns"), ("UTF-8", "invalid-utf8"), ("empty token", "empty-token"),
         ("not in the label set", "label-set"), ("no sentences", "no-sentences"),
         ("language prefix", "lang-prefix"), ("token id", "conllu-id"),
-        ("missing or malformed label", "malformed-label"), ("not a label of", "scheme-label")]
+        ("missing or malformed label", "malformed-label"), ("not a label of", "scheme-label"),
+        ("line holds only", "invisible-line"), ("byte-order mark", "bom-in-line")]
 
 
 def error_kind(err: CorpusError) -> str:
@@ -210,8 +249,8 @@ def _groups(data: bytes, fmt: str, token_lines: list[int]) -> int:
     """Sentences a reader must return at least: blank-separated groups (raw: non-blank lines)
     that hold a token line; -DOCSTART- separates groups too."""
     group, group_of = 0, {}
-    for lineno, line in enumerate(data.split(b"\n"), 1):
-        if fmt == "raw" or not line.strip(b" \t\r") or line.startswith(b"-DOCSTART-"):
+    for lineno, line in enumerate(LINE_BREAK.split(data), 1):
+        if fmt == "raw" or not line.strip(b" \t") or line.startswith(b"-DOCSTART-"):
             group += 1
         group_of[lineno] = group
     return len({group_of[line] for line in token_lines})
@@ -227,12 +266,21 @@ def check_reader(fmt: str, draw) -> tuple[str, int]:
         data = path.read_bytes()
         expected_line = case.expected_error_line(data)
         try:
-            got = reader(path, "fz", "train", "en", **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = reader(path, "fz", "train", "en", **kwargs)
         except CorpusError as err:
             assert expected_line is not None, f"unexpected {err!r}"
             assert str(err).startswith(f"{path}:{expected_line}: "), (str(err), case.bad)
             return error_kind(err), 0
     assert expected_line is None, f"no error, expected one at line {expected_line}: {case.bad}"
+    said = [str(w.message) for w in caught if w.category is CorpusWarning]
+    if case.splits:
+        assert len(said) == 1 and said[0].startswith(f"{path}: {len(case.splits)} sentence(s) "
+                                                     "split where no blank line was: "), said
+    else:
+        assert not said, said
+    assert [int(n) for n in re.findall(r"line (\d+) \(", "".join(said))] == case.splits[:10], said
     assert len(got) == len(case.sentences) and len(got) >= _groups(data, fmt, case.token_lines)
     assert [(s.tokens, s.labels) for s in got] == case.sentences
     assert [s.sid for s in got] == [f"fz/train/{i}" for i in range(len(got))]
