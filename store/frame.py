@@ -77,3 +77,27 @@ def build_frame(store, columns: list[str] | None = None, split: str | None = Non
         empty = TABLE_SCHEMA.empty_table()
         return (empty.select(columns) if columns else empty).to_pandas()
     return pa.concat_tables(tables).to_pandas()
+
+
+def _list_array(values: np.ndarray, lengths: np.ndarray, item: pa.DataType) -> pa.Array:
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values, type=item))
+
+
+def shard_table(rows: list[dict]) -> pa.Table:
+    """The Parquet rows of a shard (TABLE_SCHEMA) from per-sentence dicts."""
+    lengths = np.array([r["length"] for r in rows], dtype=np.int64)
+    k = len(rows[0]["kbest_logprob"])
+    paths = np.concatenate([np.asarray(r["kbest_paths"], dtype=np.int16).reshape(-1) for r in rows])
+    inner = _list_array(paths, np.repeat(lengths, k), pa.int16())
+    cols = {name: pa.array([r[name] for r in rows], type=TABLE_SCHEMA.field(name).type)
+            for name in ("sid", "corpus", "split", "lang", "teacher", "shard", "index", "length",
+                         "tokens", "gold", "gold_ids", "residual_mass", "log_z")}
+    cols["viterbi"] = _list_array(np.concatenate([np.asarray(r["viterbi"], dtype=np.int16) for r in rows]),
+                                  lengths, pa.int16())
+    cols["kbest_paths"] = pa.ListArray.from_arrays(
+        pa.array(np.arange(len(rows) + 1, dtype=np.int32) * k), inner)
+    cols["kbest_logprob"] = _list_array(
+        np.concatenate([np.asarray(r["kbest_logprob"], dtype=np.float32) for r in rows]),
+        np.full(len(rows), k), pa.float32())
+    return pa.Table.from_arrays([cols[name] for name in TABLE_SCHEMA.names], schema=TABLE_SCHEMA)

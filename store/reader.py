@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 
 import fsspec
@@ -15,8 +16,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from store.frame import build_frame, list_column, sentence_dict
 from store.schema import (FORMAT, MANIFEST, SCHEMA_VERSION, STORED_ARRAYS, TABLE_COLUMNS, TEACHER_ARRAYS,
-                          TOKEN_OFFSETS, StoreError, StoreOptions, TeacherMeta, check_relpath,
-                          check_shard_id, parse_sid, table_path, teacher_path, tensor_path)
+                          TOKEN_OFFSETS, StoreError, StoreOptions, StoreWarning, TeacherMeta,
+                          check_relpath, check_shard_id, manifest_state, modified_message, parse_sid,
+                          table_path, teacher_path, tensor_path)
 from store.tensors import edge_offsets, recompute
 
 
@@ -36,14 +38,24 @@ class Store:
             raise StoreError(f"{self.url}: no {MANIFEST} (not a store, or never written)") from None
         except ValueError as err:
             raise StoreError(f"{self.url}: unreadable {MANIFEST}: {err}") from None
-        if manifest.get("format") != FORMAT or manifest.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+                or manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{self.url}: not a structkd store of schema version {SCHEMA_VERSION}")
+        # Readers go on with a modified manifest (verify reports it, check_store refuses to train).
+        self.manifest_state = manifest_state(manifest)
+        if self.manifest_state == "modified":
+            warnings.warn(modified_message(self.url), StoreWarning, stacklevel=3)
+        elif self.manifest_state == "unsigned":
+            warnings.warn(f"{self.url}: manifest.json has no digest (written by an earlier structkd): "
+                          "edits to it cannot be detected; re-run annotate to add one", StoreWarning,
+                          stacklevel=3)
         for shard, entry in manifest.get("shards", {}).items():
             check_shard_id(shard)
             for rel in entry.get("files", {}):
                 check_relpath(rel)
         self.manifest = manifest
         self.options = StoreOptions(**manifest["options"])
+        self.teacher_attrs: dict[str, dict] = {}
         self.teachers = {tid: TeacherMeta.from_json(tid, data, self._teacher_arrays(tid))
                          for tid, data in manifest["teachers"].items()}
         self._cache: tuple[str, pa.Table, dict] | None = None
@@ -71,7 +83,10 @@ class Store:
             raise StoreError(f"{self.url}: missing Zarr group {rel}: {err}") from None
 
     def _teacher_arrays(self, teacher: str) -> dict[str, np.ndarray]:
+        """The teacher's factor arrays; its group attributes (the writer's copy of the teacher's
+        manifest entry, checksummed with the teacher files) go to ``teacher_attrs``."""
         group = self._group(teacher_path(teacher))
+        self.teacher_attrs[teacher] = dict(group.attrs)
         return {name: group[name][...] for name in TEACHER_ARRAYS}
 
     @property

@@ -1,11 +1,15 @@
 """The store's on-disk contract: layout, names, options, table schema (documented in store/README.md)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.errors import DataError
 
 SCHEMA_VERSION = 1
 FORMAT = "structkd-store"
@@ -21,6 +25,12 @@ MARKER_DIR = "shards"
 TEACHER_DIR = "teachers"
 LOCK_FILE = ".lock"
 TMP_DIR = ".tmp"
+DIGEST = "digest"  # manifest field: sha256 of the rest of the manifest (manifest_digest)
+VERIFIED = 1  # version of the invariants StoreWriter.write_shard checks; recorded per shard
+# The writer's own temporary names (atomic_json's temporary file, a broken lock on its way out):
+# the only files in a store it removes without a record naming them.
+OWN_TEMP = re.compile(r"\.(manifest\.json\.tmp|lock\.stale)-[0-9]+")
+OWN_MARKER_TEMP = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_.-]*\.json\.tmp-[0-9]+")
 
 # Zarr arrays of one shard group: token-major flat arrays + int64 offsets (row i = [off[i], off[i+1])).
 TOKEN_OFFSETS = "offsets"  # [n + 1] into emissions / node rows
@@ -33,12 +43,39 @@ _SHARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-class StoreError(Exception):
-    """A store that cannot be opened, written or trusted; the message names the store, shard or sid."""
+class StoreError(DataError):
+    """A store that cannot be opened, written or trusted; the message names the store, shard or sid.
+    A DataError: the CLI prints it as one line and exits 1."""
 
 
 class StoreLockedError(StoreError):
     """Another live process holds the store's write lock."""
+
+
+class StoreWarning(UserWarning):
+    """A store that loads but deserves attention (a manifest without digest, one that was edited)."""
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no whitespace) without its ``digest``
+    field. It detects a manifest edited or damaged after annotate wrote it, which its per-file
+    checksums cannot (the manifest holds them); it is not a signature: anyone can recompute it."""
+    body = {key: value for key, value in manifest.items() if key != DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def manifest_state(manifest: dict) -> str:
+    """``signed`` (digest matches), ``modified`` (it does not), or ``unsigned`` (no digest: written by
+    structkd before the digest existed)."""
+    if DIGEST not in manifest:
+        return "unsigned"
+    return "signed" if manifest[DIGEST] == manifest_digest(manifest) else "modified"
+
+
+def modified_message(where: str) -> str:
+    return (f"{where}: manifest.json was modified after annotate wrote it (its digest does not match "
+            "its content); run `structkd store verify`, and re-run annotate to rebuild it")
 
 
 def check_name(kind: str, value: str) -> str:
@@ -57,6 +94,14 @@ def check_split(split: str) -> str:
 def shard_id(teacher: str, corpus: str, split: str, chunk: int) -> str:
     """``teacher.corpus.split.00000``: chunk = index of the ``shard_size`` block in the corpus split."""
     return f"{check_name('teacher', teacher)}.{check_name('corpus', corpus)}.{check_split(split)}.{chunk:05d}"
+
+
+def is_shard_id(value: str) -> bool:
+    return isinstance(value, str) and bool(_SHARD.fullmatch(value))
+
+
+def is_name(value: str) -> bool:
+    return isinstance(value, str) and bool(_NAME.fullmatch(value))
 
 
 def check_shard_id(value: str) -> str:
@@ -180,6 +225,18 @@ class TeacherMeta:
         return cls(check_name("teacher", teacher_id), data["lang"], list(data["labels"]),
                    data["scheme"], data["decoder"], data["fingerprint"], int(data["k"]),
                    float(data["tau"]), data.get("source", ""), arrays)
+
+
+TEACHER_KEYS = ("lang", "labels", "scheme", "decoder", "fingerprint", "k", "tau")
+
+
+def teacher_entry_problems(teacher_id: str, entry: dict, attrs: dict) -> list[str]:
+    """Where a teacher's manifest entry disagrees with the copy the writer keeps in the attributes
+    of the teacher's Zarr group (checksummed with the teacher files): a label list permuted or
+    renamed, another k, tau or decoder. A group without the copy (an earlier structkd) passes."""
+    return [f"teacher {teacher_id}: the manifest says {key} = {entry.get(key)!r}, its files "
+            f"{teacher_path(teacher_id)} say {attrs[key]!r}"
+            for key in TEACHER_KEYS if key in attrs and attrs[key] != entry.get(key)]
 
 
 TABLE_SCHEMA = pa.schema(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 
 import numpy as np
+import pyarrow as pa
 
-from pipeline.teacher_outputs import ROUNDING
+from pipeline.structs import ROUNDING
 from store.files import BLOCK
 from store.frame import list_column
 from store.reader import Store, open_store
 from store.schema import (MARKER_DIR, TABLE_DIR, TEACHER_DIR, TENSOR_DIR, TOKEN_OFFSETS, StoreError,
-                          TeacherMeta, make_sid, marker_path, table_path, teacher_path, tensor_path)
+                          StoreOptions, TeacherMeta, make_sid, marker_path, modified_message, table_path,
+                          teacher_entry_problems, teacher_path, tensor_path)
 from store.tensors import edge_offsets, recompute
 
 QUANTUM = {"float16": 2.0 ** -11, "float32": 1e-6}  # rounding of a stored probability
@@ -150,17 +153,11 @@ def _sentence(sid: str, L: int, cols: dict, row: int, teacher: TeacherMeta, em: 
     return out
 
 
-def check_shard(store: Store, shard: str, max_problems: int = 10) -> list[str]:
-    """Invariants of every sentence of one shard, recomputed from its stored potentials."""
-    info = store.shard_info(shard)
-    teacher = store.teachers.get(info["teacher"])
-    if teacher is None:
-        return [f"shard {shard}: unknown teacher {info['teacher']}"]
-    try:
-        table = store.read_table(shard)
-        stored = store.read_stored(shard)
-    except StoreError as err:
-        return [str(err)]
+def check_rows(shard: str, info: dict, teacher: TeacherMeta, options: StoreOptions, table: pa.Table,
+               stored: dict[str, np.ndarray], max_problems: int = 10) -> list[str]:
+    """Invariants of every sentence of one shard (``info``: its corpus, split, first_index) from its
+    Parquet rows and stored arrays, recomputed from the stored potentials. ``check_shard`` runs it
+    on a shard as read back; ``StoreWriter.write_shard`` on the rows it is about to commit."""
     cols = {name: list_column(table, name) for name in table.column_names}
     offsets = stored[TOKEN_OFFSETS]
     edges = edge_offsets(offsets)
@@ -169,7 +166,7 @@ def check_shard(store: Store, shard: str, max_problems: int = 10) -> list[str]:
     full = "node" in stored
     node = stored["node"].astype(np.float32) if full else ref["node"]
     edge = stored["edge"].astype(np.float32) if full else ref["edge"]
-    mtol = QUANTUM[store.options.dtype] + store.options.prune + DP_TOL if full else DP_TOL
+    mtol = QUANTUM[options.dtype] + options.prune + DP_TOL if full else DP_TOL
     problems = []
     for row in range(table.num_rows):
         sid = str(cols["sid"].row(row))
@@ -189,11 +186,33 @@ def check_shard(store: Store, shard: str, max_problems: int = 10) -> list[str]:
     return problems
 
 
+def check_shard(store: Store, shard: str, max_problems: int = 10) -> list[str]:
+    """Invariants of every sentence of one shard of ``store``, recomputed from its stored potentials."""
+    info = store.shard_info(shard)
+    teacher = store.teachers.get(info["teacher"])
+    if teacher is None:
+        return [f"shard {shard}: unknown teacher {info['teacher']}"]
+    try:
+        table = store.read_table(shard)
+        stored = store.read_stored(shard)
+    except StoreError as err:
+        return [str(err)]
+    return check_rows(shard, info, teacher, store.options, table, stored, max_problems)
+
+
+def teacher_problems(store: Store) -> list[str]:
+    """Teachers whose manifest entry disagrees with the copy in their files (teacher_entry_problems)."""
+    return [problem for tid, entry in store.manifest["teachers"].items()
+            for problem in teacher_entry_problems(tid, entry, store.teacher_attrs.get(tid, {}))]
+
+
 def verify_store(path: str | os.PathLike, storage_options: dict | None = None, *,
                  invariants: bool = True) -> list[str]:
     """All problems of the store at ``path`` (local path or fsspec URL); an empty list means valid."""
     try:
-        store = open_store(path, storage_options)
+        with warnings.catch_warnings():  # a modified manifest is one of the problems listed below
+            warnings.simplefilter("ignore")
+            store = open_store(path, storage_options)
     except StoreError as err:
         return [str(err)]
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # damaged metadata
@@ -201,6 +220,9 @@ def verify_store(path: str | os.PathLike, storage_options: dict | None = None, *
                  "teacher file is damaged")]
     manifest = store.manifest
     problems, owned = [], set()
+    if store.manifest_state == "modified":
+        problems.append(modified_message(str(path)))
+    problems += teacher_problems(store)
     for tid, entry in manifest["teachers"].items():
         problems += _check_files(store, f"teacher {tid}", entry.get("files", {}), [teacher_path(tid)])
         owned.add(teacher_path(tid))
@@ -216,7 +238,8 @@ def verify_store(path: str | os.PathLike, storage_options: dict | None = None, *
     for sub in (TABLE_DIR, TENSOR_DIR, MARKER_DIR, TEACHER_DIR):
         for rel in sorted(_on_disk(store, sub)):
             if not any(rel == own or rel.startswith(own + "/") for own in owned):
-                problems.append(f"stray file {rel}: belongs to no shard or teacher of the manifest")
+                problems.append(f"stray file {rel}: belongs to no shard or teacher of the manifest "
+                                "(annotate never deletes a file its records do not name)")
     if not store.complete:
         pending = manifest.get("pending") or []
         problems.append(f"store incomplete: {len(pending)} planned shard(s) not written"
