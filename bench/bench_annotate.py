@@ -25,8 +25,8 @@ import torch
 from pipeline.config import AnnotateConfig, CorpusConfig, DecoderConfig, EncoderConfig, ModelConfig
 from pipeline.corpus import read_corpus
 from pipeline.tagger import Tagger, build_tagger
-from pipeline.teacher_outputs import teacher_outputs
-from stages.annotate import run_annotate
+from pipeline.teaching import teacher_targets
+from store.build import build_store
 from store import open_store
 from store.tensors import length_batches
 
@@ -115,17 +115,17 @@ class Clock:
 
 
 class CachedTeacher:
-    """The teacher with memoized potentials: the size runs reuse the forward passes (not timed)."""
+    """The teacher with memoized structures: the size runs reuse the forward passes (not timed)."""
 
     def __init__(self, tagger: Tagger):
         self.tagger, self.cache = tagger, {}
         self.labels, self.scheme, self.is_crf = tagger.labels, tagger.scheme, tagger.is_crf
         self.fingerprint = tagger.fingerprint
 
-    def potentials(self, batch_tokens):
+    def structure(self, batch_tokens):
         key = json.dumps(batch_tokens)
         if key not in self.cache:
-            self.cache[key] = self.tagger.potentials(batch_tokens)
+            self.cache[key] = self.tagger.structure(batch_tokens)
         return self.cache[key]
 
 
@@ -179,20 +179,19 @@ def main() -> None:
                               batch_tokens=args.batch_tokens, dtype="float16", device=args.device)
         work = batches(sentences, base)
         with torch.inference_mode():
-            tagger.potentials(work[-1])  # warm-up
+            tagger.structure(work[-1])  # warm-up
         clocks: dict[str, list[Clock]] = {"forward": [], "extras": [], "extras_full": [], "annotate": []}
         for r in range(args.repeats):
             with torch.inference_mode(), Clock() as clock:
-                pots = [tagger.potentials(tokens) for tokens in work]
+                structures = [tagger.structure(tokens) for tokens in work]
             clocks["forward"].append(clock)
             for name, full in (("extras", False), ("extras_full", True)):
                 with torch.inference_mode(), Clock() as clock:
-                    for pot, mask in pots:
-                        teacher_outputs(pot, mask, base.k, base.tau, tagger.is_crf, with_marginals=full)
+                    for structure in structures:
+                        teacher_targets(structure, base.k, tau=base.tau, with_marginals=full)
                 clocks[name].append(clock)
             with Clock() as clock:
-                run_annotate(replace(base, out=str(tmp / f"timed-{r}")), progress=False,
-                             teachers={"en": tagger})
+                build_store(replace(base, out=str(tmp / f"timed-{r}")), teachers={"en": tagger})
             clocks["annotate"].append(clock)
         med = {f"{name}_{kind}": statistics.median(getattr(c, kind) for c in values)
                for name, values in clocks.items() for kind in ("wall", "cpu")}
@@ -201,8 +200,8 @@ def main() -> None:
         for tensors, dtype, prune in VARIANTS:
             name = f"{tensors}-{dtype}" + (f"-prune{prune:g}" if prune else "")
             out = tmp / name
-            run_annotate(replace(base, out=str(out), dtype=dtype, tensors=tensors, prune=prune),
-                         progress=False, teachers={"en": cached})
+            build_store(replace(base, out=str(out), dtype=dtype, tensors=tensors, prune=prune),
+                         teachers={"en": cached})
             sizes[name] = {key: round(value / tokens, 2) for key, value in store_bytes(out).items()}
             errs[name] = errors(out, tmp / "potentials-float32")
     result = {

@@ -30,13 +30,15 @@ import torch
 
 from pipeline.config import (AnnotateConfig, CorpusConfig, DecoderConfig, DistillConfig, EncoderConfig,
                              ModelConfig)
-from pipeline.distiller import Distiller, lambda_at, progress_bar
+from pipeline.distiller import Distiller
+from pipeline.loop import progress_bar
 from pipeline.kd import OBJECTIVES
 from pipeline.schemes import complete_labels
 from store.stream import StoreStream
 from pipeline.tagger import build_tagger
-from stages.annotate import run_annotate
-from stages.common import load_config
+from store.build import build_store
+from pipeline.config import from_dict, merge, read_section
+from store.feed import store_data
 from store import ShardSpec, StoreWriter, open_store, verify_store
 from store.schema import make_sid, shard_id
 
@@ -64,7 +66,7 @@ for batch in stream:
 print(n, base, peak, time.perf_counter() - started)
 """
 
-def build_store(work: Path, sentences: int, teacher_folder: str | None) -> tuple[str, str]:
+def make_store(work: Path, sentences: int, teacher_folder: str | None) -> tuple[str, str]:
     """(store path, teacher folder): annotate the first ``sentences`` train sentences once."""
     store, folder = work / "store", Path(teacher_folder or work / "teacher")
     if (store / "manifest.json").exists() and folder.exists():
@@ -79,7 +81,7 @@ def build_store(work: Path, sentences: int, teacher_folder: str | None) -> tuple
     cfg = AnnotateConfig(teachers={"en": str(folder)}, corpora=[corpus], splits=["train"], out=str(store),
                          k=5, shard_size=250)
     started = time.perf_counter()
-    run_annotate(cfg, progress=False)
+    build_store(cfg)
     print(f"annotated {sentences} sentences in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return str(store), str(folder)
 
@@ -87,21 +89,27 @@ def build_store(work: Path, sentences: int, teacher_folder: str | None) -> tuple
 def run_config(store: str, method: str, work: Path, **over) -> DistillConfig:
     """params.yaml's distill section + distill_runs.<method>, on the bench store, no eval data."""
     flags = {"store": store, "out": str(work / "runs" / method), "device": "cpu", "workers": 0, **over}
-    return load_config(DistillConfig, ROOT / "params.yaml", ["distill", f"distill_runs.{method}"], flags)
+    data = merge(read_section(ROOT / "params.yaml", "distill"), read_section(ROOT / "params.yaml", f"distill_runs.{method}"))
+    for dotted, value in flags.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(DistillConfig, data)
 
 
 class EpochTimer:
     """Times training epochs (no dev evaluation) of one configured run; keeps the fastest epoch."""
 
     def __init__(self, cfg: DistillConfig):
-        self.run = Distiller(cfg)
-        self.lam = lambda_at(cfg.kd, 0, cfg.optim.epochs)
+        self.run = Distiller(cfg, store_data(cfg))
         self.epochs, self.best = 0, None
 
     def epoch(self) -> dict:
         with progress_bar(False, self.run.console) as bar:
             task = bar.add_task("bench", loss=0.0, speed=0.0)
-            record = self.run.train_epoch(self.epochs, self.lam, bar, task)
+            record = self.run.loop.run_epoch(self.epochs, bar, task)
         self.epochs += 1
         if self.best is None or record["wall_s"] < self.best["wall_s"]:
             self.best = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
@@ -232,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    store, teacher = build_store(args.work, args.sentences, args.teacher)
+    store, teacher = make_store(args.work, args.sentences, args.teacher)
     results = {"sentences": args.sentences, "threads": args.threads, "workers": args.workers,
                "load_avg_start": os.getloadavg()[0], "store_rows": open_store(store).manifest["totals"]["rows"]}
     if "kd_overhead" in args.parts:

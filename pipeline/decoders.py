@@ -1,22 +1,21 @@
-"""Decoders on top of word emissions: a linear-chain CRF and a MaxEnt (per-word softmax).
+"""Decoders on top of word emissions: they build the model's ``Structure`` and know nothing of KD.
 
-Both hold the tag-scheme constraints as (saved) bool buffers and expose the same three methods:
-``potentials(emissions) -> StudentPotentials``, ``nll(potentials, tags, mask) -> [B]`` (the gold
-NLL of ``pipeline.kd.nll``) and ``decode(potentials, mask) -> [B, L]`` label indices (0 at padding).
+``CRFDecoder`` (learnable transitions / start / end -> ``ChainCRF``) and ``MaxEntDecoder`` (an
+independent softmax per word -> ``Factorized``) hold the tag-scheme constraints as (saved) bool
+buffers. The gold NLL is ``-structure.log_prob(gold)``; decoding is ``structure.argmax()``.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from pipeline import crf
-from pipeline.crf import Constraints
-from pipeline.kd.nll import nll as gold_nll
-from pipeline.kd.types import StudentPotentials
+from pipeline.potentials import Constraints
+from pipeline.structs import ChainCRF, Factorized, Structure
 
 
 class _Decoder(nn.Module):
     kind = ""
+    structure_kind = ""  # the kind of Structure ``structure`` builds
 
     def __init__(self, num_labels: int, constraints: Constraints | None = None):
         super().__init__()
@@ -33,9 +32,8 @@ class _Decoder(nn.Module):
             return None
         return Constraints(self.allowed_transitions, self.allowed_start, self.allowed_end)
 
-    def nll(self, potentials: StudentPotentials, tags: Tensor, mask: Tensor) -> Tensor:
-        """Gold negative log-likelihood per sentence [B]."""
-        return gold_nll(potentials, tags, mask)
+    def structure(self, emissions: Tensor, mask: Tensor) -> Structure:
+        raise NotImplementedError
 
 
 class CRFDecoder(_Decoder):
@@ -43,6 +41,7 @@ class CRFDecoder(_Decoder):
     initialised to zeros; forbidden factors are -inf inside the dynamic programs."""
 
     kind = "crf"
+    structure_kind = "chain"
 
     def __init__(self, num_labels: int, constraints: Constraints | None = None):
         super().__init__(num_labels, constraints)
@@ -50,28 +49,19 @@ class CRFDecoder(_Decoder):
         self.start = nn.Parameter(torch.zeros(num_labels))
         self.end = nn.Parameter(torch.zeros(num_labels))
 
-    def potentials(self, emissions: Tensor) -> StudentPotentials:
-        return StudentPotentials(emissions, self.transitions, self.start, self.end, self.constraints)
-
-    def decode(self, potentials: StudentPotentials, mask: Tensor) -> Tensor:
-        """Viterbi path [B, L] under the constraints."""
-        return crf.viterbi(potentials.emissions, potentials.transitions, mask, potentials.start,
-                           potentials.end, constraints=potentials.constraints)[0]
+    def structure(self, emissions: Tensor, mask: Tensor) -> ChainCRF:
+        return ChainCRF(emissions, self.transitions, mask, self.start, self.end, self.constraints)
 
 
 class MaxEntDecoder(_Decoder):
-    """Independent softmax per word; no parameters. Decoding is the argmax per word, or, with
-    constraints, the most probable sequence the scheme allows (Viterbi over log-softmax scores)."""
+    """Independent softmax per word; no parameters. Its argmax is per word, or, with constraints,
+    the most probable sequence the scheme allows."""
 
     kind = "maxent"
+    structure_kind = "factorized"
 
-    def potentials(self, emissions: Tensor) -> StudentPotentials:
-        return StudentPotentials(emissions, constraints=self.constraints)
-
-    def decode(self, potentials: StudentPotentials, mask: Tensor) -> Tensor:
-        if potentials.constraints is None:
-            return potentials.emissions.argmax(-1).masked_fill(~mask.bool(), 0)
-        return crf.maxent_kbest(potentials.emissions, mask, 1, constraints=potentials.constraints)[0][:, 0]
+    def structure(self, emissions: Tensor, mask: Tensor) -> Factorized:
+        return Factorized(emissions, mask, self.constraints)
 
 
 DECODERS = {"crf": CRFDecoder, "maxent": MaxEntDecoder}

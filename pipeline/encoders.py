@@ -1,7 +1,9 @@
 """Word encoders: a sub-word transformer pooled to words (windowed, never truncated) and a BiLSTM.
 
-Both map ``batch_tokens: list[list[str]]`` to ``(vectors [B, L, H] float32, mask [B, L] bool)``;
-positions are words. ``output_dim`` is H.
+Both split their work in two: ``featurize(batch_tokens: list[list[str]]) -> dict[str, Tensor]``
+(CPU tensors: tokenization, windows, vocabulary lookups; loader workers run it off the training
+thread) and ``forward(features) -> (vectors [B, L, H] float32, mask [B, L] bool)`` (tensors only,
+the traceable part). ``encode(batch_tokens)`` does both. Positions are words; ``output_dim`` is H.
 """
 from __future__ import annotations
 
@@ -62,7 +64,17 @@ def _most_central(j: int, starts: list[int], width: int) -> int:
     return best
 
 
-class TransformerWordEncoder(nn.Module):
+class WordEncoder(nn.Module):
+    """featurize | forward; ``encode`` = both."""
+
+    def featurize(self, batch_tokens: list[list[str]]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def encode(self, batch_tokens: list[list[str]]) -> tuple[Tensor, Tensor]:
+        return self(self.featurize(batch_tokens))
+
+
+class TransformerWordEncoder(WordEncoder):
     """AutoModel + fast AutoTokenizer, sub-words pooled to one vector per word.
 
     Long sentences are cut into windows of ``max_length`` sub-words (specials included; None or
@@ -145,11 +157,12 @@ class TransformerWordEncoder(nn.Module):
             out.append((ids, owner))
         return out
 
-    def forward(self, batch_tokens: list[list[str]]) -> tuple[Tensor, Tensor]:
-        device = self.input_embeddings.device
+    def featurize(self, batch_tokens: list[list[str]]) -> dict[str, Tensor]:
+        """CPU tensors ``forward`` needs (sub-word windows and the gather plan back to words); runs
+        in loader workers, off the training thread."""
         pieces = self._pieces(batch_tokens)
         lengths = [len(t) for t in batch_tokens]
-        batch, max_words = len(batch_tokens), max(lengths, default=0)
+        max_words = max(lengths, default=0)
         rows: list[list[int]] = []
         src_row, src_col, dst, first = [], [], [], []
         for b, (ids, owner) in enumerate(pieces):
@@ -169,18 +182,27 @@ class TransformerWordEncoder(nn.Module):
         for r, row in enumerate(rows):
             input_ids[r, :len(row)] = torch.tensor(row)
             attention[r, :len(row)] = 1
-        hidden = self.model(input_ids=input_ids.to(device),
-                            attention_mask=attention.to(device)).last_hidden_state.float()
-        piece_vec = hidden[torch.tensor(src_row, device=device), torch.tensor(src_col, device=device)]
-        dst_t = torch.tensor(dst, dtype=torch.long, device=device)
+        return {"input_ids": input_ids, "attention_mask": attention, "src_row": torch.tensor(src_row),
+                "src_col": torch.tensor(src_col), "dst": torch.tensor(dst, dtype=torch.long),
+                "first": torch.tensor(first, dtype=torch.bool), "lengths": torch.tensor(lengths)}
+
+    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Word vectors [B, L, H] float32 and mask [B, L] from ``featurize``'s tensors."""
+        device = self.input_embeddings.device
+        f = {name: value.to(device, non_blocking=True) for name, value in features.items()}
+        lengths = features["lengths"]
+        batch, max_words = len(lengths), int(lengths.max()) if len(lengths) else 0
+        hidden = self.model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).last_hidden_state.float()
+        piece_vec = hidden[f["src_row"], f["src_col"]]
+        dst = f["dst"]
         flat = piece_vec.new_zeros(batch * max_words, self.output_dim)
         if self.cfg.pooling == "first":
-            keep = torch.tensor(first, dtype=torch.bool, device=device)
-            flat = flat.index_copy(0, dst_t[keep], piece_vec[keep])
+            keep = f["first"]
+            flat = flat.index_copy(0, dst[keep], piece_vec[keep])
         else:
-            counts = piece_vec.new_zeros(batch * max_words).index_add(0, dst_t, piece_vec.new_ones(len(dst)))
-            flat = flat.index_add(0, dst_t, piece_vec) / counts.clamp(min=1).unsqueeze(1)
-        mask = torch.arange(max_words, device=device) < torch.tensor(lengths, device=device).unsqueeze(1)
+            counts = piece_vec.new_zeros(batch * max_words).index_add(0, dst, piece_vec.new_ones(len(dst)))
+            flat = flat.index_add(0, dst, piece_vec) / counts.clamp(min=1).unsqueeze(1)
+        mask = torch.arange(max_words, device=device) < f["lengths"].unsqueeze(1)
         return flat.view(batch, max_words, self.output_dim), mask
 
     def save_files(self, folder: str | Path) -> None:
@@ -279,7 +301,7 @@ class CharEncoder(nn.Module):
         return torch.cat([h[0], h[1]], dim=1)
 
 
-class BiLSTMEncoder(nn.Module):
+class BiLSTMEncoder(WordEncoder):
     """Word embeddings (+ char CNN/BiLSTM) -> dropout -> BiLSTM; output dim ``2 * (hidden // 2)``.
 
     ``cfg.init_from`` (teacher name/path, "TE"): each vocab word's embedding is the mean of its
@@ -307,24 +329,35 @@ class BiLSTMEncoder(nn.Module):
                             bidirectional=True, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
         self.output_dim = 2 * (cfg.hidden // 2)
 
-    def forward(self, batch_tokens: list[list[str]]) -> tuple[Tensor, Tensor]:
-        device = self.word_embed.weight.device
+    def featurize(self, batch_tokens: list[list[str]]) -> dict[str, Tensor]:
+        """CPU tensors ``forward`` needs: word ids [B, L], lengths [B], and with a character
+        encoder the char ids [words, chars] and their lengths."""
         lengths = torch.tensor([len(t) for t in batch_tokens])
         batch, max_words = len(batch_tokens), int(lengths.max()) if batch_tokens else 0
         words = torch.zeros(batch, max_words, dtype=torch.long)
         for b, tokens in enumerate(batch_tokens):
             words[b, :len(tokens)] = torch.tensor(self.vocab.word_ids(tokens), dtype=torch.long)
-        mask = (torch.arange(max_words) < lengths.unsqueeze(1)).to(device)
-        x = self.word_embed(words.to(device))
+        out = {"words": words, "lengths": lengths}
         if self.chars is not None:
             char_ids = [self.vocab.char_ids(w) for tokens in batch_tokens for w in tokens]
             width = max(len(c) for c in char_ids)
             chars = torch.zeros(len(char_ids), width, dtype=torch.long)
             for i, ids in enumerate(char_ids):
                 chars[i, :len(ids)] = torch.tensor(ids)
-            char_len = torch.tensor([len(c) for c in char_ids], device=device)
-            feats = self.chars(chars.to(device), char_len)
-            grid = feats.new_zeros(batch, max_words, feats.shape[1])
+            out.update(chars=chars, char_lengths=torch.tensor([len(c) for c in char_ids]))
+        return out
+
+    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Word vectors [B, L, H] float32 and mask [B, L] from ``featurize``'s tensors."""
+        device = self.word_embed.weight.device
+        lengths = features["lengths"]
+        max_words = features["words"].shape[1]
+        mask = (torch.arange(max_words) < lengths.unsqueeze(1)).to(device)
+        x = self.word_embed(features["words"].to(device, non_blocking=True))
+        if self.chars is not None:
+            feats = self.chars(features["chars"].to(device, non_blocking=True),
+                               features["char_lengths"].to(device, non_blocking=True))
+            grid = feats.new_zeros(x.shape[0], max_words, feats.shape[1])
             grid[mask] = feats
             x = torch.cat([x, grid], dim=2)
         packed = pack_padded_sequence(self.dropout(x), lengths.clamp(min=1), batch_first=True,

@@ -22,11 +22,11 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from pipeline.config import ModelConfig, from_dict, to_dict
-from pipeline.crf import Constraints
 from pipeline.decoders import build_decoder
 from pipeline.encoders import BiLSTMEncoder, TransformerWordEncoder, Vocab
-from pipeline.kd.types import StudentPotentials
+from pipeline.potentials import Constraints
 from pipeline.schemes import allowed_transitions
+from pipeline.structs import Structure
 
 FORMAT = 1
 ENCODER_DIR = "encoder"
@@ -55,15 +55,20 @@ class Tagger(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def potentials(self, batch_tokens: list[list[str]]) -> tuple[StudentPotentials, Tensor]:
-        """Float32 word-level emissions [B, L, T] + the decoder's factors, and the mask [B, L]."""
-        vectors, mask = self.encoder(batch_tokens)
-        emissions = self.head(self.dropout(vectors)).float()
-        return self.decoder.potentials(emissions), mask
+    def featurize(self, batch_tokens: list[list[str]]) -> dict[str, Tensor]:
+        """The encoder's CPU input tensors for a batch (loader workers call this off the training
+        thread; ``forward`` then needs tensors only)."""
+        return self.encoder.featurize(batch_tokens)
 
-    def nll(self, potentials: StudentPotentials, tags: Tensor, mask: Tensor) -> Tensor:
-        """Gold negative log-likelihood per sentence [B]."""
-        return self.decoder.nll(potentials, tags, mask)
+    def forward(self, features: dict[str, Tensor]) -> Structure:
+        """The batch's Structure (ChainCRF or Factorized) over float32 word-level emissions."""
+        vectors, mask = self.encoder(features)
+        emissions = self.head(self.dropout(vectors)).float()
+        return self.decoder.structure(emissions, mask)
+
+    def structure(self, batch_tokens: list[list[str]]) -> Structure:
+        """``forward(featurize(batch_tokens))``."""
+        return self(self.featurize(batch_tokens))
 
     def decode(self, batch_tokens: list[list[str]]) -> list[list[str]]:
         """Viterbi (CRF) or argmax (MaxEnt, constrained when the scheme has constraints) labels.
@@ -71,8 +76,7 @@ class Tagger(nn.Module):
         Runs without gradients in the module's current mode: call ``.eval()`` first for inference.
         """
         with torch.no_grad():
-            potentials, mask = self.potentials(batch_tokens)
-            paths = self.decoder.decode(potentials, mask).tolist()
+            paths = self.structure(batch_tokens).argmax().tolist()
         return [[self.labels[i] for i in path[:len(tokens)]] for path, tokens in zip(paths, batch_tokens)]
 
     def tag_ids(self, batch_labels: list[list[str]]) -> Tensor:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.config import OptimConfig, TeacherConfig
 from pipeline.corpus import Sentence, effective_scheme
 from pipeline.encoders import TransformerWordEncoder
+from pipeline.kd.nll import nll
+from pipeline.loop import Loop, Step
 from pipeline.metrics import evaluate_tags, main_score
 from pipeline.schemes import complete_labels, first_invalid
 from pipeline.tagger import Tagger, build_tagger
@@ -96,13 +96,6 @@ def warmup_linear(total: int, warmup: float):
     return factor
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"),
-                    TextColumn("{task.fields[speed]:.0f} sent/s"), TimeElapsedColumn(),
-                    console=Console(stderr=True), disable=not enabled)
-
-
 def predict(tagger: Tagger, sentences: list, batch_size: int = 32) -> list[list[str]]:
     """Labels for each sentence (``Sentence`` objects or token lists), batched by length, in eval
     mode under ``torch.inference_mode``; the module's train/eval mode is restored afterwards."""
@@ -123,10 +116,6 @@ def predict(tagger: Tagger, sentences: list, batch_size: int = 32) -> list[list[
     return out
 
 
-def _snapshot(tagger: Tagger) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in tagger.state_dict().items()}
-
-
 def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
                  progress: bool = True) -> tuple[Tagger, dict]:
     """Train a tagger on gold labels; returns it (best dev weights) and a JSON-able history:
@@ -142,59 +131,42 @@ def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
     check_labels(train, scheme)
     labels = training_labels(train, scheme)
     tagger = build_tagger(cfg.model, labels, scheme, vocab_sentences=[s.tokens for s in train]).to(device)
-    params = [p for p in tagger.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(tagger, optim))
     total = optim.epochs * math.ceil(len(train) / optim.batch_size)
     if optim.max_steps:
         total = min(total, optim.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total, optim.warmup))
     rng = random.Random(optim.seed)
     lengths = [len(s.tokens) for s in train]
-    history: dict = {"labels": labels, "scheme": scheme, "epochs": [], "best_epoch": None,
-                     "best_dev_score": None}
-    best_state, bad_epochs, step = None, 0, 0
-    with _progress(progress) as bar:
-        task = bar.add_task(cfg.name, total=total, loss=0.0, speed=0.0)
-        for epoch in range(1, optim.epochs + 1):
-            tagger.train()
-            started, loss_sum, seen = time.perf_counter(), 0.0, 0
-            for batch in length_batches(lengths, optim.batch_size, rng):
-                sents = [train[i] for i in batch]
-                potentials, mask = tagger.potentials([s.tokens for s in sents])
-                losses = tagger.nll(potentials, tagger.tag_ids([s.labels for s in sents]), mask)
-                loss = losses.mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if optim.grad_clip and optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss_sum += float(losses.detach().sum())
-                seen += len(sents)
-                bar.update(task, advance=1, loss=float(loss.detach()),
-                           speed=seen / max(time.perf_counter() - started, 1e-9))
-                if step >= total:
-                    break
-            seconds = time.perf_counter() - started
-            record = {"epoch": epoch, "steps": step, "train_loss": loss_sum / max(seen, 1),
-                      "sentences_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
-            if dev:
-                result = evaluate_tags([s.labels for s in dev], predict(tagger, dev, optim.batch_size),
-                                       scheme)
-                score = main_score(result)
-                record.update(dev=result, dev_score=score)
-                if history["best_dev_score"] is None or score > history["best_dev_score"]:
-                    history.update(best_epoch=epoch, best_dev_score=score)
-                    best_state, bad_epochs = _snapshot(tagger), 0
-                else:
-                    bad_epochs += 1
-                if progress:
-                    bar.console.print(f"epoch {epoch}: loss {record['train_loss']:.4f}, dev {score:.4f}")
-            history["epochs"].append(record)
-            if step >= total or (dev and bad_epochs >= optim.patience):
-                break
-    history["steps"] = step
-    if best_state is not None:
-        tagger.load_state_dict(best_state)
+
+    def batches(epoch: int):
+        for batch in length_batches(lengths, optim.batch_size, rng):
+            yield [train[i] for i in batch]
+
+    def step(sents: list[Sentence], epoch: int, laps) -> Step:
+        structure = tagger.structure([s.tokens for s in sents])
+        losses = nll(structure, tagger.tag_ids([s.labels for s in sents]))
+        return Step(losses.mean(), {"loss": losses.detach().mean()}, len(sents))
+
+    def evaluate():
+        if not dev:
+            return None
+        result = evaluate_tags([s.labels for s in dev], predict(tagger, dev, optim.batch_size), scheme)
+        return main_score(result), result
+
+    def report(record: dict) -> None:
+        if progress and record["dev"] is not None:
+            Console(stderr=True).print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
+                                       f"dev {record['dev_score']:.4f}")
+
+    loop = Loop(tagger, torch.optim.AdamW(param_groups(tagger, optim)), optim, batches, step,
+                lambda steps, seen: warmup_linear(total, optim.warmup)(steps), evaluate, total * optim.batch_size,
+                description=cfg.name, on_epoch=report)
+    best = loop.run(progress)
+    history: dict = {"labels": labels, "scheme": scheme, "steps": loop.steps,
+                     "best_epoch": best["epoch"] if dev else None,
+                     "best_dev_score": best["score"] if dev else None,
+                     "epochs": [{"epoch": r["epoch"], "steps": r["steps"], "train_loss": r.get("loss", 0.0),
+                                 "sentences_per_s": r["sentences"] / max(r["wall_s"], 1e-9),
+                                 "seconds": r["wall_s"],
+                                 **({"dev": r["dev"], "dev_score": r["dev_score"]} if dev else {})}
+                                for r in loop.records]}
     return tagger, history

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from pipeline.config import DistillConfig, read_section
-from pipeline.distiller import distill
 from stages.common import console, load_config
 from store import StoreError
+from store.feed import distill
 
 
 def _run_defaults(params: Path | None, run: str | None) -> dict:

@@ -14,7 +14,7 @@ Node / edge marginals of a ``potentials`` store are recomputed per batch from th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,12 +22,11 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.kd.types import TeacherTargets
-from pipeline.teacher_outputs import marginals
 from store.checks import check_store, open_checked, verify_files
 from store.frame import list_column
 from store.reader import Store
 from store.schema import TOKEN_OFFSETS, StoreError
-from store.tensors import edge_offsets, teacher_potentials
+from store.tensors import edge_offsets, teacher_structure
 
 TENSOR_FIELDS = ("emissions", "node", "edge")
 KBEST_FIELDS = ("kbest_paths", "kbest_logprob", "residual_mass", "log_z")
@@ -40,9 +39,11 @@ class Batch:
     """One padded student batch: B sentences of at most L words, T labels.
 
     ``teacher``: TeacherTargets (fields the objective does not need are None; transitions / start /
-    end [B, T, T] / [B, T] are gathered from each row's teacher; ``crf`` [B] bool); ``mask`` [B, L];
+    end [B, T, T] / [B, T] are gathered from each row's teacher; ``crf`` [B] bool; ``kinds`` and
+    ``tau`` set on the host); ``mask`` [B, L];
     ``hard`` [B, L] long = gold label ids where the sentence is labeled, else the teacher's Viterbi
-    path; ``has_gold`` [B] bool; ``tokens`` / ``sids`` / ``lang`` per row.
+    path; ``has_gold`` [B] bool; ``tokens`` / ``sids`` / ``lang`` per row; ``features`` the student's
+    input tensors (``featurize(tokens)``, computed in the loader worker) when the stream has one.
     """
 
     tokens: list[list[str]]
@@ -52,16 +53,16 @@ class Batch:
     mask: Tensor
     hard: Tensor
     has_gold: Tensor
+    features: dict[str, Tensor] | None = None
 
     @property
     def words(self) -> int:
         return int(self.mask.sum())
 
     def _map(self, fn) -> Batch:
-        targets = TeacherTargets(**{f.name: None if getattr(self.teacher, f.name) is None
-                                    else fn(getattr(self.teacher, f.name)) for f in fields(TeacherTargets)})
-        return replace(self, teacher=targets, mask=fn(self.mask), hard=fn(self.hard),
-                       has_gold=fn(self.has_gold))
+        features = None if self.features is None else {k: fn(v) for k, v in self.features.items()}
+        return replace(self, teacher=self.teacher.map(fn), mask=fn(self.mask), hard=fn(self.hard),
+                       has_gold=fn(self.has_gold), features=features)
 
     def pin_memory(self) -> Batch:
         """Page-locked copies (``DataLoader(pin_memory=True)`` calls this in its pinning thread)."""
@@ -91,16 +92,20 @@ class StoreStream(IterableDataset):
     """Length-bucketed, shuffled batches of the store's sentences of ``splits`` (see module doc).
 
     fields: TeacherTargets fields to deliver (subset of ALL_FIELDS; the per-teacher factors and
-    ``crf`` always come). k: keep the first k k-best paths (residual mass recomputed). labels: the
+    ``crf`` always come). k: keep the first k k-best paths (residual mass recomputed; more than the
+    store holds is refused). tau: the temperature of the delivered node / edge marginals (the
+    store's when None; otherwise recomputed from the stored emissions at tau). labels: the
     student's label list (a store with another is refused). verify: check every shard's checksums
-    before reading it. rank / world_size: this process's part of the shards under DDP.
+    before reading it. rank / world_size: this process's part of the shards under DDP. featurize:
+    the student's ``featurize(tokens) -> dict of tensors``, run per batch where the batch is made
+    (loader workers), so the training thread only runs tensors.
     """
 
     def __init__(self, store: str | Store, splits: list[str] | tuple[str, ...], *,
                  fields: tuple[str, ...] | list[str] = ALL_FIELDS, k: int | None = None,
                  batch_tokens: int = 1024, max_sentences: int | None = None, shuffle_buffer: int = 2048,
                  seed: int = 0, rank: int = 0, world_size: int = 1, verify: bool = True,
-                 labels: list[str] | None = None):
+                 labels: list[str] | None = None, tau: float | None = None, featurize=None):
         super().__init__()
         self.store = open_checked(store) if isinstance(store, str) else store
         unknown = sorted(set(fields) - set(ALL_FIELDS))
@@ -111,11 +116,19 @@ class StoreStream(IterableDataset):
         if batch_tokens < 1 or shuffle_buffer < 1 or (k is not None and k < 1):
             raise ValueError("batch_tokens, shuffle_buffer and k must be >= 1")
         self.labels, self.scheme = check_store(self.store, labels)
+        stored_k = self.store.options.k
+        if k is not None and k > stored_k:
+            raise StoreError(f"{self.store.url}: k = {k} k-best paths asked for, but the store keeps "
+                             f"k = {stored_k} per sentence (re-annotate with --k {k}, or use k <= {stored_k})")
+        self.tau = float(self.store.options.tau if tau is None else tau)
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
         self.splits = list(splits)
         self.fields = tuple(f for f in ALL_FIELDS if f in fields)
         self.k, self.batch_tokens, self.max_sentences = k, batch_tokens, max_sentences
         self.shuffle_buffer, self.seed, self.verify = shuffle_buffer, seed, verify
         self.rank, self.world_size = rank, world_size
+        self.featurize = featurize
         self.epoch = 0
         self.teacher_ids = sorted(self.store.teachers)
         metas = [self.store.teachers[t] for t in self.teacher_ids]
@@ -123,6 +136,8 @@ class StoreStream(IterableDataset):
                                                          for m in metas]))
                         for name in ("transitions", "start", "end")}
         self.is_crf = torch.tensor([m.is_crf for m in metas])
+        self.kinds = ["chain" if m.is_crf else "factorized" for m in metas]
+        self.stale = any(m.tau != self.tau for m in metas)  # stored marginals at another tau
         self.shard_ids = [s for split in self.splits for s in self.store.shards(split)]
 
     @property
@@ -206,7 +221,8 @@ class StoreStream(IterableDataset):
         stored = self.store.read_stored(shard)
         offsets = stored[TOKEN_OFFSETS]
         names = [n for n in wanted if n in stored]
-        if any(n in wanted and n not in stored for n in ("node", "edge")) and "emissions" not in names:
+        if any(n in wanted and (n not in stored or self.stale) for n in ("node", "edge")) \
+                and "emissions" not in names:
             names.append("emissions")
         return {n: (stored[n], edge_offsets(offsets) if n == "edge" else offsets) for n in names}
 
@@ -222,7 +238,7 @@ class StoreStream(IterableDataset):
         out["crf"] = self.is_crf[teacher_idx]
         padded = {name: _pad_floats([it[name] for it in items], longest - (name == "edge"))
                   for name in TENSOR_FIELDS if name in items[0]}
-        if any(f in self.fields and f not in padded for f in ("node", "edge")):
+        if any(f in self.fields and (f not in padded or self.stale) for f in ("node", "edge")):
             padded["node"], padded["edge"] = self._marginals(padded["emissions"], mask, teacher_idx,
                                                              edges="edge" in self.fields)
         out.update({name: padded[name] for name in TENSOR_FIELDS if name in self.fields})
@@ -231,11 +247,14 @@ class StoreStream(IterableDataset):
         for name in ("kbest_logprob", "residual_mass", "log_z"):
             if name in self.fields:
                 out[name] = torch.from_numpy(np.array([it[name] for it in items], dtype=np.float32))
-        targets = TeacherTargets(**out)
+        kinds = frozenset(self.kinds[t] for t in set(teacher_idx.tolist()))
+        targets = TeacherTargets(**out, tau=self.tau, kinds=kinds)
         if self.k is not None:
             targets = targets.select(self.k)
-        return Batch([it["tokens"] for it in items], [it["sid"] for it in items],
-                     [it["lang"] for it in items], targets, mask, hard, has_gold)
+        tokens = [it["tokens"] for it in items]
+        features = self.featurize(tokens) if self.featurize is not None else None
+        return Batch(tokens, [it["sid"] for it in items], [it["lang"] for it in items], targets, mask,
+                     hard, has_gold, features)
 
     def _marginals(self, emissions: Tensor, mask: Tensor, teacher_idx: Tensor,
                    edges: bool) -> tuple[Tensor, Tensor | None]:
@@ -250,11 +269,11 @@ class StoreStream(IterableDataset):
                 meta = self.store.teachers[self.teacher_ids[t]]
                 sub = mask[rows]
                 width = int(sub.sum(1).max())
-                pot = teacher_potentials(meta, emissions[rows, :width])
-                n, e = marginals(pot, sub[:, :width], meta.tau, meta.is_crf, edges=edges)
-                node[rows, :width] = n
+                structure = teacher_structure(meta, emissions[rows, :width], sub[:, :width], self.tau)
+                marg = (structure.store_marginals() if edges else structure.marginals("node"))
+                node[rows, :width] = marg["node"]
                 if edges:
-                    edge[rows, :width - 1] = e
+                    edge[rows, :width - 1] = marg["edge"]
         return node, edge
 
 

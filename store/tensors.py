@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.crf import Constraints
-from pipeline.kd.types import StudentPotentials
-from pipeline.teacher_outputs import marginals, teacher_outputs
+from pipeline.structs import Structure
+from pipeline.teaching import stored_structure, teacher_targets
 from store.schema import TeacherMeta
 
 RECOMPUTE_TOKENS = 8192  # padded words per recompute batch
@@ -48,16 +47,12 @@ def pad(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[torch.
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 
-def teacher_potentials(teacher: TeacherMeta, emissions: torch.Tensor) -> StudentPotentials:
-    """The teacher's potentials for a batch of stored emissions (effective factors, see TeacherMeta)."""
-    arrays = teacher.arrays
-    constraints = Constraints(*(torch.from_numpy(np.asarray(arrays[f"allowed_{name}"], dtype=bool))
-                                for name in ("transitions", "start", "end")))
-    if not teacher.is_crf:
-        return StudentPotentials(emissions, constraints=constraints)
-    trans, start, end = (torch.from_numpy(np.asarray(arrays[name], dtype=np.float32))
-                         for name in ("transitions", "start", "end"))
-    return StudentPotentials(emissions, trans, start, end, None)
+def teacher_structure(teacher: TeacherMeta, emissions: torch.Tensor, mask: torch.Tensor,
+                      tau: float | None = None) -> Structure:
+    """The teacher's Structure for a batch of stored emissions (effective factors, see TeacherMeta),
+    at temperature ``tau`` (the store's when None)."""
+    return stored_structure(teacher.decoder, teacher.arrays, emissions, mask,
+                            teacher.tau if tau is None else tau)
 
 
 def recompute(teacher: TeacherMeta, emissions: np.ndarray, offsets: np.ndarray, k: int | None = None,
@@ -76,11 +71,11 @@ def recompute(teacher: TeacherMeta, emissions: np.ndarray, offsets: np.ndarray, 
     with torch.inference_mode():
         for rows in length_batches(lengths, budget):
             padded, mask = pad(emissions, offsets, rows)
-            pot = teacher_potentials(teacher, padded)
+            structure = teacher_structure(teacher, padded, mask)
             if k is None:
-                res = dict(zip(("node", "edge"), marginals(pot, mask, teacher.tau, teacher.is_crf)))
+                res = structure.store_marginals()
             else:
-                res = teacher_outputs(pot, mask, k, teacher.tau, teacher.is_crf)
+                res = teacher_targets(structure, k, tau=teacher.tau)
             for b, i in enumerate(rows):
                 length = int(lengths[i])
                 out["node"][offsets[i]:offsets[i + 1]] = res["node"][b, :length].numpy()

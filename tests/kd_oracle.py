@@ -1,7 +1,7 @@
 """Brute-force oracles for the KD tests: enumerate every label sequence of one sentence in float64.
 
 No dynamic program and nothing from pipeline.crf / pipeline.kd but the data types (Constraints,
-StudentPotentials, TeacherTargets): only itertools.product and plain float64 tensor indexing.
+the student's Structure, TeacherTargets): only itertools.product and plain float64 tensor indexing.
 All functions take ONE sentence of length n (no padding): emissions [n, T], transitions [T, T],
 start / end [T] or None, allowed = (transitions [T, T], start [T], end [T]) bool or None.
 """
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.crf import Constraints
-from pipeline.kd.types import StudentPotentials, TeacherTargets
+from pipeline.kd.types import TeacherTargets
+from pipeline.structs import ChainCRF, Factorized, Structure
 
 NEG_INF = float("-inf")
 
@@ -123,11 +124,13 @@ class Sentence:
     s_start: torch.Tensor | None
     t_start: torch.Tensor | None
     s_allowed: Constraints | None  # the CRF student's constraints
+    t_logp_kd: torch.Tensor  # the teacher distribution marginal-based KD targets (restricted for a
+    t_node_kd: torch.Tensor  # MaxEnt teacher and a constrained CRF student), and its node marginals
 
 
 @dataclass
 class Case:
-    student: StudentPotentials
+    student: Structure
     teacher: TeacherTargets
     mask: torch.Tensor
     hard: torch.Tensor
@@ -187,6 +190,12 @@ def make_case(seed, num_labels, lengths, *, student_crf=True, teacher_crf=True, 
             s_logp = maxent_scores(paths, d(s_em[b, :n]))
         t_node, t_edge = node_edge(paths, t_logp, T)
         node[b, :n], edge[b, :n - 1] = t_node.float(), t_edge.float()
+        t_logp_kd, t_node_kd = t_logp, node[b, :n].double()
+        if student_crf and constrained and not teacher_crf:  # the teacher restricted to allowed paths
+            allowed_paths = torch.isfinite(crf_scores(paths, torch.zeros(n, T, dtype=torch.float64),
+                                                      torch.zeros(T, T, dtype=torch.float64), None, None, allowed))
+            t_logp_kd = normalize(torch.where(allowed_paths, t_logp, torch.full_like(t_logp, NEG_INF)))
+            t_node_kd = node_edge(paths, t_logp_kd, T)[0]
         best, best_logp = kbest(paths, t_logp, k)
         kb_paths[b, :len(best), :n] = torch.tensor(best)
         kb_logp[b, :len(best)] = torch.tensor(best_logp)
@@ -195,8 +204,10 @@ def make_case(seed, num_labels, lengths, *, student_crf=True, teacher_crf=True, 
             n, paths, s_logp, t_logp, best, [float(x) for x in kb_logp[b, :len(best)].double()],
             best[0], d(s_em[b, :n]), d(t_em[b, :n]), d(node[b, :n]), d(s_trans),
             None if t_trans is None else d(t_trans[b]), d(s_start),
-            None if t_start is None else d(t_start[b]), allowed if student_crf else None))
-    student = StudentPotentials(s_em, s_trans, s_start, s_end, allowed)
+            None if t_start is None else d(t_start[b]), allowed if student_crf else None,
+            t_logp_kd, t_node_kd))
+    student = (ChainCRF(s_em, s_trans, mask, s_start, s_end, allowed) if student_crf
+               else Factorized(s_em, mask, allowed))
     teacher = TeacherTargets(t_em, t_trans, t_start, t_end, node, edge, kb_paths, kb_logp,
                              crf=torch.full((batch,), teacher_crf))
     return Case(student, teacher, mask, hard, sentences)
@@ -235,11 +246,11 @@ def oracle_topwk(s: Sentence, k=None):
 def oracle_posterior(s: Sentence):
     s_node = node_edge(s.paths, s.s_logp, s.s_em.shape[1])[0]
     return -sum(xlogy(p, math.log(q) if q > 0 else NEG_INF)
-                for p, q in zip(s.t_node.flatten().tolist(), s_node.flatten().tolist()))
+                for p, q in zip(s.t_node_kd.flatten().tolist(), s_node.flatten().tolist()))
 
 
 def oracle_structural(s: Sentence):
-    return cross_entropy(s.t_logp, s.s_logp)
+    return cross_entropy(s.t_logp_kd, s.s_logp)
 
 
 def oracle_substructure_l2(s: Sentence):
@@ -289,6 +300,9 @@ ORACLES = {
     "none": lambda s: 0.0, "token": oracle_token, "emission": oracle_emission, "topk": oracle_topk,
     "topwk": oracle_topwk, "posterior": oracle_posterior,
     "posterior_topwk": lambda s, k=None: 0.5 * (oracle_posterior(s) + oracle_topwk(s, k)),
+    "posterior_topk": lambda s, k=None: 0.5 * (oracle_posterior(s) + oracle_topk(s, k)),
+    "multigrained_posterior": lambda s, k=None: (sum(oracle_multigrained_parts(s, k).values())
+                                                 + oracle_posterior(s)),
     "structural": oracle_structural, "substructure_l2": oracle_substructure_l2,
     "multigrained": lambda s, k=None: sum(oracle_multigrained_parts(s, k).values()),
 }

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import AnnotateConfig, CorpusConfig
-from pipeline.kd.types import StudentPotentials
 from pipeline.schemes import allowed_transitions
+from pipeline.structs import ChainCRF, Factorized
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 WORDS = ["john", "lives", "in", "new", "york", "mary", "paris", "the", "of", "visited", "."]
@@ -38,7 +38,7 @@ class FakeTeacher:
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
         return torch.randn(len(self.labels), generator=gen) * self.scale
 
-    def potentials(self, batch_tokens: list[list[str]]):
+    def structure(self, batch_tokens: list[list[str]]):
         if self.delay:
             time.sleep(self.delay)
         longest = max(len(t) for t in batch_tokens)
@@ -49,8 +49,8 @@ class FakeTeacher:
                 em[b, i] = self._row(token, i)
             mask[b, :len(tokens)] = True
         if not self.is_crf:
-            return StudentPotentials(em, constraints=self.constraints), mask
-        return StudentPotentials(em, self.transitions, self.start, self.end, self.constraints), mask
+            return Factorized(em, mask, self.constraints)
+        return ChainCRF(em, self.transitions, mask, self.start, self.end, self.constraints)
 
 
 def sentences(n: int, seed: int, max_len: int = 6) -> list[tuple[list[str], list[str]]]:

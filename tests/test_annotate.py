@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
 from pipeline.config import CorpusConfig, DecoderConfig, EncoderConfig, ModelConfig
 from pipeline.tagger import build_tagger
-from stages import annotate
-from stages.annotate import run_annotate
-from stages.store_cmd import app as store_app
+from store.build import build_store
+from stages.cli import app
 from store import StoreError, StoreLockedError, open_store, verify_store
 from tests.helpers import write_tiny_bert
 from tests.store_fakes import LABELS, FakeTeacher, config, write_corpus
@@ -33,21 +31,21 @@ KILLED_RUN = """
 import sys
 from pathlib import Path
 from tests.store_fakes import FakeTeacher, config
-from stages.annotate import run_annotate
+from store.build import build_store
 cfg = config(Path(sys.argv[1]), out=Path(sys.argv[2]), sizes={"train": 50, "dev": 14}, unlabeled=10)
-run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(delay=float(sys.argv[3]))})
+build_store(cfg, teachers={"en": FakeTeacher(delay=float(sys.argv[3]))})
 """
 RACING_RUN = """
 import sys
 from pathlib import Path
 from store import StoreLockedError
 from tests.store_fakes import FakeTeacher, config
-from stages.annotate import run_annotate
+from store.build import build_store
 cfg = config(Path(sys.argv[1]), out=Path(sys.argv[2]), sizes={"train": 24, "dev": 6})
 print("READY", flush=True)
 sys.stdin.readline()
 try:
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(delay=0.01)})
+    build_store(cfg, teachers={"en": FakeTeacher(delay=0.01)})
 except StoreLockedError as err:
     print(err, flush=True)
     sys.exit(3)
@@ -77,7 +75,7 @@ def _wait_for(store: Path, markers: int, proc: subprocess.Popen) -> None:
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     cfg = config(tmp_path / "data", out=reference, sizes={"train": 50, "dev": 14}, unlabeled=10)
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     total = len(open_store(reference).shards())
 
     killed = tmp_path / "killed"
@@ -87,7 +85,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     try:
         _wait_for(killed, 1, proc)
         with pytest.raises(StoreLockedError, match=f"pid {proc.pid}"):  # a concurrent writer is refused
-            run_annotate(replace(cfg, out=str(killed)), progress=False, teachers={"en": FakeTeacher()})
+            build_store(replace(cfg, out=str(killed)), teachers={"en": FakeTeacher()})
         _wait_for(killed, 3, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -97,8 +95,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert (killed / ".lock").exists()  # left behind by the killed process: stale, taken over below
     assert verify_store(killed)
 
-    resumed = run_annotate(replace(cfg, out=str(killed)), progress=False,
-                           teachers={"en": FakeTeacher()})
+    resumed = build_store(replace(cfg, out=str(killed)), teachers={"en": FakeTeacher()})
     assert resumed["complete"] and len(resumed["shards"]) == total
     assert verify_store(killed) == []
     _same_store(reference, killed)
@@ -109,7 +106,7 @@ def test_two_annotate_processes_race_for_one_store(tmp_path):
     with a message naming the holder; the store verifies and equals an uncontended run."""
     reference = tmp_path / "reference"
     cfg = config(tmp_path / "data", out=reference, sizes={"train": 24, "dev": 6})
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", RACING_RUN, str(tmp_path / f"data-{i}"), str(store)],
@@ -148,20 +145,20 @@ def test_kill_during_the_first_manifest_write_is_flagged_and_cleaned_on_resume(t
     pending, not complete) and a temporary file: verify says incomplete, the resume removes it."""
     cfg = config(tmp_path / "data", sizes={"train": 10})
     store = Path(cfg.out)
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     manifest = json.loads((store / "manifest.json").read_text())
     (store / ".manifest.json.tmp-999999").write_text(json.dumps(manifest)[:100])
     (store / "manifest.json").write_text(json.dumps({**manifest, "shards": {}, "pending": [],
                                                      "complete": False}))
     assert any("store incomplete" in p for p in verify_store(store))
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     assert verify_store(store) == [] and not list(store.glob(".manifest.json.tmp-*"))
     assert json.loads((store / "manifest.json").read_text()) == manifest
 
 
 def test_resume_keeps_good_shards_and_redoes_damaged_ones(tmp_path):
     cfg = config(tmp_path / "data", sizes={"train": 20})
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     store = Path(cfg.out)
     shards = open_store(store).shards()
     table = {s: store / f"table/{s}.parquet" for s in shards}
@@ -169,21 +166,21 @@ def test_resume_keeps_good_shards_and_redoes_damaged_ones(tmp_path):
     victim = shards[1]
     table[victim].write_bytes(table[victim].read_bytes()[:-7])
     time.sleep(0.01)
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     assert verify_store(store) == []
     assert [s for s in shards if table[s].stat().st_mtime_ns != stamps[s]] == [victim]
     with pytest.raises(StoreError, match="options"):
-        run_annotate(replace(cfg, k=2), progress=False, teachers={"en": FakeTeacher()})
+        build_store(replace(cfg, k=2), teachers={"en": FakeTeacher()})
 
 
 def test_second_teacher_refused_unless_mixed(tmp_path):
     cfg = config(tmp_path / "data", sizes={"train": 10})
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=0)})
+    build_store(cfg, teachers={"en": FakeTeacher(seed=0)})
     with pytest.raises(StoreError, match="mix_teachers"):
-        run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=1)})
+        build_store(cfg, teachers={"en": FakeTeacher(seed=1)})
     assert len(open_store(cfg.out).teachers) == 1 and verify_store(cfg.out) == []
     mixed = replace(cfg, mix_teachers=True)
-    run_annotate(mixed, progress=False, teachers={"en": FakeTeacher(seed=1)})
+    build_store(mixed, teachers={"en": FakeTeacher(seed=1)})
     s = open_store(cfg.out)
     assert len(s.teachers) == 2 and len(s.frame()) == 20 and verify_store(cfg.out) == []
     with pytest.raises(StoreError, match="several teachers"):
@@ -196,7 +193,7 @@ def test_languages_route_to_their_teacher(tmp_path):
     cfg = config(tmp_path / "data", sizes={"train": 6}, teachers={"en": "t-en", "de": "t-de"})
     cfg.corpora.append(CorpusConfig(name="deu", lang="de", format="conll", scheme="IOB2",
                                     files=write_corpus(tmp_path / "deu", {"train": 5, "test": 3}, seed=4)))
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=0), "de": FakeTeacher(seed=5)})
+    build_store(cfg, teachers={"en": FakeTeacher(seed=0), "de": FakeTeacher(seed=5)})
     s = open_store(cfg.out)
     frame = s.frame()
     by_lang = {t.lang: t.id for t in s.teachers.values()}
@@ -205,14 +202,14 @@ def test_languages_route_to_their_teacher(tmp_path):
     assert frame.groupby("corpus")["lang"].unique().map(list).to_dict() == {"deu": ["de"], "tiny": ["en"]}
     cfg.corpora.append(CorpusConfig(name="fr", lang="fr", files={"train": cfg.corpora[0].files["train"]}))
     with pytest.raises(StoreError, match="no teacher"):
-        run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=0), "de": FakeTeacher(seed=5)})
+        build_store(cfg, teachers={"en": FakeTeacher(seed=0), "de": FakeTeacher(seed=5)})
 
 
 def test_holdout_dev_is_annotated(tmp_path):
     """A corpus without a dev file but with ``holdout`` gets its dev rows (the train tail) stored."""
     cfg = config(tmp_path / "data", sizes={"train": 12, "test": 3})
     cfg.corpora[0].holdout = 4
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(seed=0)})
+    build_store(cfg, teachers={"en": FakeTeacher(seed=0)})
     counts = open_store(cfg.out).frame()["split"].value_counts().to_dict()
     assert counts == {"train": 8, "dev": 4, "test": 3}
 
@@ -227,10 +224,8 @@ def test_cli_annotate_with_real_tagger(tmp_path, decoder):
                            "corpora": [{"name": "tiny", "lang": "en", "format": "conll", "files": files}],
                            "k": 3, "shard_size": 5, "dtype": "float16", "device": "cpu"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    app = typer.Typer()
-    app.command()(annotate.main)
     out = tmp_path / "store"
-    args = ["--params", str(tmp_path / "params.yaml"), "--out", str(out), "--no-progress"]
+    args = ["annotate", "--params", str(tmp_path / "params.yaml"), "--out", str(out), "--no-progress"]
     full = ["--tensors", "full", "--prune", "1e-4"] if decoder == "crf" else []
     result = CliRunner().invoke(app, args + full)
     assert result.exit_code == 0, result.output
@@ -239,10 +234,10 @@ def test_cli_annotate_with_real_tagger(tmp_path, decoder):
     assert next(iter(s.teachers.values())).decoder == decoder
     assert verify_store(out) == []
     runner = CliRunner()
-    assert runner.invoke(store_app, ["verify", str(out)]).exit_code == 0
-    shown = runner.invoke(store_app, ["show", str(out), "tiny/dev/2"])
+    assert runner.invoke(app, ["store", "verify", str(out)]).exit_code == 0
+    shown = runner.invoke(app, ["store", "show", str(out), "tiny/dev/2"])
     assert shown.exit_code == 0 and "p=" in shown.output
-    inspected = runner.invoke(store_app, ["inspect", str(out)])
+    inspected = runner.invoke(app, ["store", "inspect", str(out)])
     assert inspected.exit_code == 0 and "bytes/token" in inspected.output
     again = CliRunner().invoke(app, args + ["--k", "4"])
     assert again.exit_code == 1 and "options" in again.output

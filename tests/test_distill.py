@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.config import (DecoderConfig, DistillConfig, EncoderConfig, KDConfig, ModelConfig,
                              OptimConfig)
-from pipeline.distiller import OnlineTeacher, distill
+from store.feed import OnlineTeacher, distill
 from pipeline.kd import OBJECTIVES
 from store.stream import ALL_FIELDS, StoreStream
 from pipeline.tagger import Tagger
@@ -22,9 +22,10 @@ from pipeline.trainer import predict
 from stages.cli import app
 from store import StoreError, open_store
 from tests.helpers import write_tiny_bert
-from tests.test_stream import LABELS, SIZES, make_store
+from tests.stores import LABELS, SIZES, make_store
 
-METHOD_KD = {"multigrained": {"schedule": "learned"}, "token": {"tau": 2.0}}
+METHOD_KD = {"multigrained": {"schedule": "learned"}, "multigrained_posterior": {"schedule": "learned"},
+             "token": {"tau": 2.0}}
 
 
 def bilstm(decoder: str = "crf") -> ModelConfig:
@@ -97,11 +98,12 @@ def test_store_without_dev_rows_warns_and_keeps_the_last_epoch(tmp_path):
     from rich.console import Console
 
     from pipeline.distiller import Distiller
+    from store.feed import store_data
 
     path, _ = make_store(tmp_path / "store", splits=("train", "test"))
     out = StringIO()
-    distiller = Distiller(config(path, tmp_path / "run", "none", epochs=2),
-                          console=Console(file=out, width=200))
+    cfg = config(path, tmp_path / "run", "none", epochs=2)
+    distiller = Distiller(cfg, store_data(cfg), console=Console(file=out, width=200))
     metrics = distiller.run(progress=False)
     assert "has no labeled dev rows" in out.getvalue() and "last epoch" in out.getvalue()
     assert metrics["best_epoch"] == 2 and metrics["test"]["all"]["sentences"] == SIZES["test"]
@@ -111,7 +113,7 @@ def test_online_teacher_gives_the_stored_targets(stores, tmp_path):
     cfg = config(stores["en"], tmp_path, "posterior_topwk")
     batch = next(iter(StoreStream(stores["en"], ["train", "unlabeled"], k=cfg.kd.k, seed=2)))
     online = OnlineTeacher(str(stores["teacher"]), open_store(stores["en"]), torch.device("cpu"), ALL_FIELDS,
-                           cfg.kd.k)
+                           cfg.kd.k, cfg.kd.tau)
     targets, hard = online(batch)
     assert not batch.has_gold.all()
     assert hard.equal(batch.hard)

@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.kd import (OBJECTIVES, StudentPotentials, TeacherTargets, build_objective, combine,
+from pipeline.kd import (OBJECTIVES, TeacherTargets, build_objective, check_schedule, combine,
                          lambda_for, log1mexp, nll, objective_options, structural_kd)
+from pipeline.structs import ChainCRF
 from tests import kd_oracle as O
 
 TOL = {"rtol": 1e-5, "atol": 2e-4}
@@ -33,7 +34,7 @@ def cfg_id(c: dict) -> str:
 
 
 def run(name: str, c: O.Case, **options) -> torch.Tensor:
-    return build_objective(name, **options)(c.student, c.teacher, c.mask, c.hard)
+    return build_objective(name, **options)(c.student, c.teacher, c.hard)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=cfg_id)
@@ -56,11 +57,89 @@ def test_objective_options_match_enumeration(name, options):
                                **TOL)
 
 
-def test_infinite_when_teacher_puts_mass_on_forbidden_factors():
+def test_maxent_teacher_to_constrained_crf_student_is_restricted_cross_entropy():
+    """Slide scenario 3: the product of the teacher's softmaxes puts mass where the student's scheme
+    forbids paths (the kernel's cross entropy against it is +inf); the objectives use the teacher
+    restricted to allowed paths, finite and equal to the enumerated restricted cross entropy."""
     c = case(2, student_crf=True, teacher_crf=False, start_end=True, constrained=True)
-    assert torch.isinf(O.oracle("structural", c)).any()
-    got = run("structural", c)
-    assert not torch.isnan(got).any() and torch.isinf(got).any()
+    s = c.student
+    product = structural_kd(s.emissions, s.transitions, c.mask, c.teacher.node, c.teacher.edge, s.start,
+                            s.end, constraints=s.constraints)
+    assert torch.isinf(product).any() and not torch.isnan(product).any()
+    unrestricted = torch.tensor([O.cross_entropy(x.t_logp, x.s_logp) for x in c.sentences])
+    assert torch.isinf(unrestricted).any()
+    for name in ("structural", "posterior"):
+        got = run(name, c)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), O.oracle(name, c), **TOL)
+    no_emissions = dataclasses.replace(c.teacher, emissions=None)
+    with pytest.raises(ValueError, match="needs teacher field"):
+        build_objective("structural")(s, no_emissions, c.hard)
+
+
+def _tempered_oracle(name: str, c: O.Case, tau: float) -> torch.Tensor:
+    """tau^2 * CE(teacher at tau, student at tau) by enumeration (structural: sequences;
+    posterior: node marginals)."""
+    out = []
+    for b, sent in enumerate(c.sentences):
+        scores = O.crf_scores(sent.paths, c.student.emissions[b, :sent.n].double(),
+                              c.student.transitions.double(), c.student.start.double(),
+                              c.student.end.double(), tau=tau)
+        t_scores = O.crf_scores(sent.paths, sent.t_em, sent.t_trans, sent.t_start,
+                                c.teacher.end[b].double(), tau=tau)
+        log_s, log_t = O.normalize(scores), O.normalize(t_scores)
+        if name == "structural":
+            out.append(tau ** 2 * O.cross_entropy(log_t, log_s))
+        else:
+            T = sent.s_em.shape[1]
+            q_s, q_t = O.node_edge(sent.paths, log_s, T)[0], O.node_edge(sent.paths, log_t, T)[0]
+            out.append(-tau ** 2 * (q_t * q_s.log()).sum().item())
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["structural", "posterior"])
+def test_temperature_rule_is_tau_squared_tempered_cross_entropy(name):
+    """One rule: teacher and student both at tau, loss scaled by tau^2 (brute force); teacher
+    targets at another temperature are refused, never silently used."""
+    c = case(0, student_crf=True, teacher_crf=True, start_end=True, constrained=False)
+    tau = 2.5
+    node, edge = [], []
+    for b, sent in enumerate(c.sentences):  # the teacher's marginals at tau, as the stream gives them
+        t_scores = O.crf_scores(sent.paths, sent.t_em, sent.t_trans, sent.t_start, c.teacher.end[b].double(),
+                                tau=tau)
+        n_, e_ = O.node_edge(sent.paths, O.normalize(t_scores), sent.s_em.shape[1])
+        node.append(torch.nn.functional.pad(n_, (0, 0, 0, c.mask.shape[1] - sent.n)))
+        edge.append(torch.nn.functional.pad(e_, (0, 0, 0, 0, 0, c.mask.shape[1] - 1 - e_.shape[0])))
+    hot = dataclasses.replace(c.teacher, node=torch.stack(node).float(), edge=torch.stack(edge).float(), tau=tau)
+    got = build_objective(name, tau=tau)(c.student, hot, c.hard)
+    torch.testing.assert_close(got.double(), _tempered_oracle(name, c, tau), **TOL)
+    with pytest.raises(ValueError, match="temperature"):
+        build_objective(name, tau=tau)(c.student, c.teacher, c.hard)
+
+
+def test_emission_kd_temperature():
+    c = case(1, student_crf=True, teacher_crf=True, start_end=True, constrained=False)
+    tau = 3.0
+    want = []
+    for sent in c.sentences:
+        log_p = torch.stack([O.normalize(r) for r in sent.t_em / tau])
+        log_q = torch.stack([O.normalize(r) for r in sent.s_em / tau])
+        want.append(-tau ** 2 * (log_p.exp() * log_q).sum().item())
+    got = build_objective("emission", tau=tau)(c.student, c.teacher, c.hard)
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), **TOL)
+
+
+def test_schedule_combinations_are_checked():
+    check_schedule("learned", "multigrained", owns_hard_loss=True)
+    check_schedule("constant", "posterior", owns_hard_loss=False)
+    check_schedule("learned", "none", owns_hard_loss=False)
+    with pytest.raises(ValueError, match="drops the gold NLL"):
+        check_schedule("learned", "posterior", owns_hard_loss=False)
+    with pytest.raises(ValueError, match="second time"):
+        check_schedule("constant", "multigrained", owns_hard_loss=True)
+    assert build_objective("multigrained").owns_hard_loss
+    assert not build_objective("multigrained", parts=("ce", "fuzzy")).owns_hard_loss
+    assert build_objective("multigrained_posterior").owns_hard_loss
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c["student_crf"] and c["teacher_crf"]],
@@ -79,9 +158,9 @@ def test_gradient_matches_autograd_of_enumeration(name, config):
                              c.teacher.edge, mine.get("start"), mine.get("end"),
                              constraints=s.constraints)
     else:
-        student = StudentPotentials(mine["emissions"], mine["transitions"], mine.get("start"),
-                                    mine.get("end"), s.constraints)
-        loss = build_objective(name)(student, c.teacher, c.mask, c.hard)
+        student = ChainCRF(mine["emissions"], mine["transitions"], c.mask, mine.get("start"),
+                           mine.get("end"), s.constraints)
+        loss = build_objective(name)(student, c.teacher, c.hard)
     loss.sum().backward()
     total = 0.0
     for b, sent in enumerate(c.sentences):
@@ -141,7 +220,7 @@ def _regarbage(c: O.Case, seed: int) -> O.Case:
     teacher = dataclasses.replace(
         t, emissions=refill(t.emissions, pad[..., None]), node=refill(t.node, pad[..., None]),
         edge=refill(t.edge, pad[:, 1:, None, None]), kbest_paths=refill(t.kbest_paths, surplus, labels=T))
-    student = dataclasses.replace(c.student, emissions=refill(c.student.emissions, pad[..., None]))
+    student = c.student.replace(emissions=refill(c.student.emissions, pad[..., None]))
     return dataclasses.replace(c, student=student, teacher=teacher, hard=refill(c.hard, pad, labels=T))
 
 
@@ -155,8 +234,8 @@ def test_padding_garbage_and_batching_never_change_results(name):
     alone = TeacherTargets(t.emissions[b:b + 1, :n], t.transitions[b:b + 1], t.start[b:b + 1],
                            t.end[b:b + 1], t.node[b:b + 1, :n], t.edge[b:b + 1, :n - 1],
                            t.kbest_paths[b:b + 1, :, :n], t.kbest_logprob[b:b + 1])
-    student = dataclasses.replace(c.student, emissions=c.student.emissions[b:b + 1, :n])
-    got = build_objective(name)(student, alone, c.mask[b:b + 1, :n], c.hard[b:b + 1, :n])
+    student = c.student.replace(emissions=c.student.emissions[b:b + 1, :n], mask=c.mask[b:b + 1, :n])
+    got = build_objective(name)(student, alone, c.hard[b:b + 1, :n])
     torch.testing.assert_close(got, base[b:b + 1], rtol=1e-6, atol=1e-5)
 
 
@@ -164,10 +243,10 @@ def test_padding_garbage_and_batching_never_change_results(name):
 def test_fp16_student_emissions(name):
     c = case(1, student_crf=True, teacher_crf=True, start_end=False, constrained=False)
     half = c.student.emissions.half().requires_grad_()
-    student = dataclasses.replace(c.student, emissions=half)
-    got = build_objective(name)(student, c.teacher, c.mask, c.hard)
-    ref_student = dataclasses.replace(c.student, emissions=half.detach().float())
-    want = build_objective(name)(ref_student, c.teacher, c.mask, c.hard)
+    student = c.student.replace(emissions=half)
+    got = build_objective(name)(student, c.teacher, c.hard)
+    ref_student = c.student.replace(emissions=half.detach().float())
+    want = build_objective(name)(ref_student, c.teacher, c.hard)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     if name != "none":
@@ -181,7 +260,7 @@ def test_nll_matches_enumeration(student_crf, constrained):
     c = case(2, student_crf=student_crf, teacher_crf=True, start_end=student_crf,
              constrained=constrained)
     want = torch.tensor([O.oracle_nll(s) for s in c.sentences], dtype=torch.float64)
-    torch.testing.assert_close(nll(c.student, c.hard, c.mask).double(), want, **TOL)
+    torch.testing.assert_close(nll(c.student, c.hard).double(), want, **TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -209,7 +288,7 @@ def _near_one_case(tail: float) -> O.Case:
     s_logp = O.normalize(O.crf_scores(paths, em[0, :2].double(), trans))
     assert abs(s_logp[O.path_index((a, b), 2)].exp().item() - tail) < 1e-9 * tail
     sent = dataclasses.replace(c.sentences[0], s_logp=s_logp, s_em=em[0, :2].double(), s_trans=trans)
-    return dataclasses.replace(c, student=StudentPotentials(em, trans.float()), sentences=[sent])
+    return dataclasses.replace(c, student=ChainCRF(em, trans.float(), c.mask), sentences=[sent])
 
 
 @pytest.mark.parametrize("tail", [1e-3, 1e-5, 1e-12])
@@ -217,7 +296,7 @@ def test_multigrained_residual_term_near_one_is_stable(tail):
     c = _near_one_case(tail)
     em = c.student.emissions.clone().requires_grad_()
     obj = build_objective("multigrained", parts=("ce", "fuzzy"))
-    got = obj(dataclasses.replace(c.student, emissions=em), c.teacher, c.mask, c.hard)
+    got = obj(c.student.replace(emissions=em), c.teacher, c.hard)
     got.sum().backward()
     assert torch.isfinite(got).all() and torch.isfinite(em.grad).all()
     want = O.oracle_multigrained_parts(c.sentences[0])
@@ -235,7 +314,7 @@ def test_multigrained_uncertainty_weights_eq9():
     obj = build_objective("multigrained")
     with torch.no_grad():
         obj.log_lambda.copy_(torch.tensor([0.3, -0.2, 0.5]))
-    got = obj(c.student, c.teacher, c.mask, c.hard)
+    got = obj(c.student, c.teacher, c.hard)
     parts = [O.oracle_multigrained_parts(s) for s in c.sentences]
     lam = {"ce": math.exp(0.3), "fuzzy": math.exp(-0.2), "hard": math.exp(0.5)}
     want = [sum(lam[k] * p[k] for k in lam) - 0.5 * (0.3 - 0.2 + 0.5) for p in parts]
@@ -250,13 +329,13 @@ def test_multigrained_fixed_weights_and_part_subsets():
     c = case(1, student_crf=False, teacher_crf=True, start_end=False, constrained=False)
     obj = build_objective("multigrained", parts=["hard", "fuzzy"], learned=False, weights=[2.0, 0.5])
     assert not list(obj.parameters())
-    got = obj(c.student, c.teacher, c.mask, c.hard)
+    got = obj(c.student, c.teacher, c.hard)
     parts = [O.oracle_multigrained_parts(s) for s in c.sentences]
     want = torch.tensor([2.0 * p["hard"] + 0.5 * p["fuzzy"] for p in parts], dtype=torch.float64)
     torch.testing.assert_close(got.double(), want, **TOL)
     hard_only = build_objective("multigrained", parts=("hard",), learned=False)
     teacher = TeacherTargets()  # the hard part needs no teacher data
-    torch.testing.assert_close(hard_only(c.student, teacher, c.mask, c.hard).double(),
+    torch.testing.assert_close(hard_only(c.student, teacher, c.hard).double(),
                                torch.tensor([p["hard"] for p in parts], dtype=torch.float64), **TOL)
     for bad in [dict(parts=("ce", "x")), dict(parts=()), dict(weights=[1.0]), dict(k=0)]:
         with pytest.raises(ValueError):
@@ -271,8 +350,7 @@ def test_registry_errors_list_the_valid_choices():
     assert objective_options("token") == ["tau"]
     c = case(0, student_crf=True, teacher_crf=True, start_end=True, constrained=False)
     with pytest.raises(ValueError, match="needs teacher field"):
-        build_objective("posterior")(c.student, dataclasses.replace(c.teacher, node=None), c.mask,
-                                     c.hard)
+        build_objective("posterior")(c.student, dataclasses.replace(c.teacher, node=None), c.hard)
 
 
 def test_teacher_select_and_to():
@@ -286,6 +364,7 @@ def test_teacher_select_and_to():
     assert torch.equal(moved.edge, c.teacher.edge) and moved.log_z is None
     cons = case(0, student_crf=True, teacher_crf=True, start_end=True, constrained=True).student
     assert torch.equal(cons.to("cpu").constraints.transitions, cons.constraints.transitions)
+    assert moved.tau == c.teacher.tau and moved.kinds == c.teacher.kinds
     empty = TeacherTargets(node=c.teacher.node).select(1)
     assert empty.kbest_paths is None and torch.equal(empty.node, c.teacher.node)
 
@@ -293,13 +372,17 @@ def test_teacher_select_and_to():
 def test_schedules():
     assert [lambda_for("anneal", e, 6, rate=0.3) for e in range(6)] == pytest.approx(
         [1.0, 0.7, 0.4, 0.1, 0.0, 0.0])
+    assert [lambda_for("anneal", e, 6, percent=30) for e in range(6)] == pytest.approx(
+        [1.0, 0.7, 0.4, 0.1, 0.0, 0.0])  # the official code's unit
+    with pytest.raises(ValueError, match="exactly one"):
+        lambda_for("anneal", 1, 3, rate=0.3, percent=30)
     assert [lambda_for("anneal", e, 3, rate=0.5) for e in range(3)] == [1.0, 0.5, 0.0]
     assert [lambda_for("kd_then_nll", e, 4) for e in range(4)] == [1.0, 1.0, 1.0, 0.0]
     assert [lambda_for("constant", e, 2, lam=0.25) for e in range(2)] == [0.25, 0.25]
     assert lambda_for("learned", 3, 4) == 1.0
     with pytest.raises(ValueError, match="valid: .*'anneal'"):
         lambda_for("cosine", 0, 3)
-    with pytest.raises(ValueError, match="valid: \\['rate'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['rate', 'percent'\\]"):
         lambda_for("anneal", 0, 3, lam=0.5)
     with pytest.raises(ValueError):
         lambda_for("constant", 3, 3)
@@ -325,26 +408,25 @@ def test_combine_reductions():
 
 
 def test_posterior_and_gold_nll_share_one_forward_pass(monkeypatch):
-    """posterior KD deposits the student's log Z of its forward-backward pass in the step's memo;
-    the gold NLL then reuses it: same values and gradients as separate computations. A replaced
-    copy of the potentials (new emissions) never inherits a memo."""
+    """posterior KD's forward-backward pass leaves the student's log Z cached on its Structure; the
+    gold NLL then reuses it: same values and gradients as separate computations. A replaced copy of
+    the structure (new emissions) never inherits a cache."""
     from pipeline import crf
 
     c = case(1, student_crf=True, teacher_crf=True, start_end=True, constrained=True)
-    fresh = [dataclasses.replace(c.student, emissions=c.student.emissions.detach().requires_grad_())
-             for _ in range(2)]
+    fresh = [c.student.replace(emissions=c.student.emissions.detach().requires_grad_()) for _ in range(2)]
     calls = []
-    forward = crf._forward
-    monkeypatch.setattr(crf, "_forward", lambda p: calls.append(1) or forward(p))
+    for name in ("log_partition", "forward_backward"):  # every forward pass of the chain kernels
+        original = getattr(crf, name)
+        monkeypatch.setattr(crf, name, lambda *a, _f=original, **kw: calls.append(1) or _f(*a, **kw))
     shared = fresh[0]
-    total = (build_objective("posterior")(shared, c.teacher, c.mask, c.hard)
-             + nll(shared, c.hard, c.mask)).sum()
+    total = (build_objective("posterior")(shared, c.teacher, c.hard) + nll(shared, c.hard)).sum()
     assert len(calls) == 1
     separate = fresh[1]
-    other = (build_objective("posterior")(separate, c.teacher, c.mask, c.hard).sum()
-             + nll(dataclasses.replace(separate), c.hard, c.mask).sum())
+    other = (build_objective("posterior")(separate, c.teacher, c.hard).sum()
+             + nll(separate.replace(), c.hard).sum())
     assert len(calls) == 3
-    assert not dataclasses.replace(shared).log_z_memo and shared.log_z_memo
+    assert "log_partition" not in shared.replace().__dict__ and "log_partition" in shared.__dict__
     torch.testing.assert_close(total, other)
     total.backward()
     other.backward()

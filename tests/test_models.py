@@ -42,8 +42,8 @@ def test_first_and_mean_pooling(bert):
     assert owner.count(1) > 1
     hidden = raw_hidden(first, ids)[len(first.prefix):]
     with torch.no_grad():
-        vf, mask = first([sent])
-        vm, _ = mean([sent])
+        vf, mask = first.encode([sent])
+        vm, _ = mean.encode([sent])
     assert vf.dtype == torch.float32 and mask.tolist() == [[True] * 3]
     pos = [owner.index(w) for w in range(3)]
     torch.testing.assert_close(vf[0], hidden[pos])
@@ -55,8 +55,8 @@ def test_first_and_mean_pooling(bert):
 def test_zero_piece_words_map_to_unk(bert):
     enc = encoder(bert)
     with torch.no_grad():
-        odd, mask = enc([["john", "\u200b", "\x00", "smith"]])
-        unk, _ = enc([["john", "[UNK]", "[UNK]", "smith"]])
+        odd, mask = enc.encode([["john", "\u200b", "\x00", "smith"]])
+        unk, _ = enc.encode([["john", "[UNK]", "[UNK]", "smith"]])
     assert mask.all() and odd.shape == (1, 4, 32)
     ids, owner = enc._pieces([["john", "\u200b", "\x00", "smith"]])[0]
     assert owner == [0, 1, 2, 3] and ids[1] == ids[2] == enc.tokenizer.unk_token_id
@@ -78,7 +78,7 @@ def test_windowed_long_sentence_is_stitched_without_truncation(bert):
     sent = [rng.choice(WORDS) for _ in range(50)]
     small = encoder(bert, max_length=16, stride=4)
     with torch.no_grad():
-        vectors, mask = small([sent, sent[:3]])
+        vectors, mask = small.encode([sent, sent[:3]])
     assert vectors.shape == (2, 50, 32) and mask.sum(1).tolist() == [50, 3]
     ids, owner = small._pieces([sent])[0]
     assert len(ids) > 3 * small.width  # several windows
@@ -92,7 +92,7 @@ def test_windowed_long_sentence_is_stitched_without_truncation(bert):
         torch.testing.assert_close(vectors[0, w], expect, atol=1e-5, rtol=1e-5)
     # Longer than the model's 64 positions with the default window: still one vector per word.
     with torch.no_grad():
-        long_vectors, long_mask = encoder(bert)([sent * 3])
+        long_vectors, long_mask = encoder(bert).encode([sent * 3])
     assert long_vectors.shape == (1, 150, 32) and long_mask.all()
 
 
@@ -109,7 +109,7 @@ def test_long_sentence_raises_no_false_length_warning(bert):
     handler = logging.StreamHandler(stream)
     transformers.logging.get_logger().addHandler(handler)
     try:
-        enc([["john"] * 300])
+        enc.encode([["john"] * 300])
         assert "longer than" not in stream.getvalue()
         enc.tokenizer([["john"] * 300], is_split_into_words=True, add_special_tokens=False)
         assert "longer than" in stream.getvalue()  # what a plain tokenizer call would have said
@@ -121,8 +121,8 @@ def test_large_window_equals_unwindowed(bert):
     sent = ["john", "smith", "visited", "new-york"]
     assert len(encoder(bert)._pieces([sent])[0][0]) <= 30
     with torch.no_grad():
-        full, _ = encoder(bert)([sent])
-        window, _ = encoder(bert, max_length=32, stride=8)([sent])
+        full, _ = encoder(bert).encode([sent])
+        window, _ = encoder(bert, max_length=32, stride=8).encode([sent])
     assert torch.equal(full, window)
 
 
@@ -133,7 +133,7 @@ def test_truncated_layers_match_full_model_prefix(bert):
     row = torch.tensor([full.prefix + ids + full.suffix])
     with torch.no_grad():
         states = full.model(input_ids=row, output_hidden_states=True).hidden_states
-        vectors, _ = cut([["john", "smith"]])
+        vectors, _ = cut.encode([["john", "smith"]])
     torch.testing.assert_close(vectors[0], states[1][0, 1:3])
     assert cut.input_embeddings.shape == (len(cut.tokenizer), 32)
     assert cut.layer_of("embeddings.word_embeddings.weight") == 0
@@ -151,7 +151,7 @@ def test_bilstm_encoder(char):
     vocab = Vocab.build(SENTS + [["John"]], min_count=1)
     cfg = EncoderConfig(kind="bilstm", word_dim=12, hidden=16, char=char, char_dim=6, char_hidden=8)
     enc = BiLSTMEncoder(cfg, vocab)
-    vectors, mask = enc([["John", "unseen-word", ""], ["Paris"]])
+    vectors, mask = enc.encode([["John", "unseen-word", ""], ["Paris"]])
     assert vectors.shape == (2, 3, 16) and mask.tolist() == [[True] * 3, [True, False, False]]
     assert torch.isfinite(vectors).all()
     vectors.sum().backward()
@@ -202,8 +202,7 @@ def test_truncated_transformer_student_freezes_word_pieces(bert):
     layer = next(p for n, p in tagger.named_parameters() if ".layer.0." in n and p.ndim == 2)
     before_layer = layer.detach().clone()
     optimizer = torch.optim.SGD(param_groups(tagger, OptimConfig()), lr=0.1)
-    pot, mask = tagger.potentials(SENTS)
-    tagger.nll(pot, tagger.tag_ids([["O"] * len(s) for s in SENTS]), mask).sum().backward()
+    (-tagger.structure(SENTS).log_prob(tagger.tag_ids([["O"] * len(s) for s in SENTS]))).sum().backward()
     optimizer.step()
     assert words.grad is None and torch.equal(words.detach(), before_words)
     assert not torch.equal(layer.detach(), before_layer)
@@ -224,11 +223,14 @@ def test_tagger_interface_and_save_load(bert, tmp_path, monkeypatch, kind, decod
     torch.manual_seed(0)
     tagger = build_tagger(model_cfg(kind, decoder, bert), LABELS, "IOB2", vocab_sentences=SENTS).eval()
     assert tagger.labels == LABELS and tagger.scheme == "IOB2" and tagger.is_crf == (decoder == "crf")
-    pot, mask = tagger.potentials(SENTS)
+    pot = tagger.structure(SENTS)
     assert pot.emissions.shape == (3, 5, 5) and pot.emissions.dtype == torch.float32
-    assert (pot.transitions is not None) == tagger.is_crf and pot.constraints is not None
+    assert pot.kind == ("chain" if tagger.is_crf else "factorized") and pot.constraints is not None
+    features = tagger.featurize(SENTS)  # featurize | forward: forward needs tensors only
+    assert all(isinstance(v, torch.Tensor) for v in features.values())
+    assert torch.equal(tagger(features).emissions, pot.emissions)
     tags = tagger.tag_ids([["O"] * len(s) for s in SENTS])
-    nll = tagger.nll(pot, tags, mask)
+    nll = -pot.log_prob(tags)
     assert nll.shape == (3,) and torch.isfinite(nll).all() and (nll >= 0).all()
     pred = tagger.decode(SENTS)
     assert [len(p) for p in pred] == [5, 4, 1] and all(x in LABELS for p in pred for x in p)
@@ -250,7 +252,7 @@ def test_tagger_interface_and_save_load(bert, tmp_path, monkeypatch, kind, decod
         monkeypatch.setattr(target, unsafe)
     loaded = Tagger.load(folder)
     assert not loaded.training
-    again, _ = loaded.potentials(SENTS)
+    again = loaded.structure(SENTS)
     assert torch.equal(pot.emissions, again.emissions)
     assert loaded.decode(SENTS) == pred
     assert loaded.fingerprint() == tagger.fingerprint()
@@ -274,8 +276,8 @@ def test_fingerprint_covers_labels_and_decoder(bert):
 def test_real_minilm_tagger_roundtrip(tmp_path, monkeypatch):
     cfg = ModelConfig(encoder=EncoderConfig(name="minilm"), decoder=DecoderConfig(kind="crf"))
     tagger = build_tagger(cfg, LABELS, "IOB2").eval()
-    pot, mask = tagger.potentials(SENTS[:2])
-    assert pot.emissions.shape == (2, 5, 5) and mask.sum().item() == 9
+    pot = tagger.structure(SENTS[:2])
+    assert pot.emissions.shape == (2, 5, 5) and pot.mask.sum().item() == 9
     folder = tagger.save(tmp_path / "teacher")
     meta = json.loads((folder / "config.json").read_text())
     assert meta["model"]["encoder"]["name"] == "minilm"
@@ -286,4 +288,4 @@ def test_real_minilm_tagger_roundtrip(tmp_path, monkeypatch):
     monkeypatch.setattr(encoders, "resolve_model_path", no_package)
     loaded = Tagger.load(folder)
     assert loaded.encoder.cfg.name == str(folder / "encoder")
-    assert torch.equal(loaded.potentials(SENTS[:2])[0].emissions, pot.emissions)
+    assert torch.equal(loaded.structure(SENTS[:2]).emissions, pot.emissions)

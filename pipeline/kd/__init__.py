@@ -2,10 +2,10 @@
 from pipeline.kd.combine import combine
 from pipeline.kd.nll import nll
 from pipeline.kd.registry import OBJECTIVES, build_objective, objective_options
-from pipeline.kd.schedules import SCHEDULES, lambda_for
+from pipeline.kd.schedules import SCHEDULES, check_schedule, lambda_for
 from pipeline.kd.structural import structural_kd
-from pipeline.kd.student import log1mexp
-from pipeline.kd.types import StudentPotentials, TeacherTargets
+from pipeline.kd.types import TeacherTargets
+from pipeline.structs.ops import log1mexp
 
-__all__ = ["OBJECTIVES", "SCHEDULES", "StudentPotentials", "TeacherTargets", "build_objective",
-           "combine", "lambda_for", "log1mexp", "nll", "objective_options", "structural_kd"]
+__all__ = ["OBJECTIVES", "SCHEDULES", "TeacherTargets", "build_objective", "check_schedule", "combine",
+           "lambda_for", "log1mexp", "nll", "objective_options", "structural_kd"]

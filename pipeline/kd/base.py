@@ -1,27 +1,70 @@
-"""Base class of every KD objective: ``objective(student, teacher, mask, hard) -> loss [B]``."""
+"""Base class of every KD objective: ``objective(student: Structure, teacher, hard) -> loss [B]``.
+
+One signature for all (TextBrewer's registry): ``student`` is the student's ``Structure`` for the
+batch (its mask inside), ``teacher`` the batch's ``TeacherTargets``, ``hard`` [B, L] long the gold
+path of a labeled sentence or the teacher's top-1 path of an unlabeled one.
+
+Temperature, the one rule: an objective built with ``tau`` compares the teacher's and the
+student's distributions with every potential divided by tau and multiplies the loss by tau^2
+(Hinton et al. 2015's gradient-scale correction, as the official StructuralKD code does for its
+posterior and structural losses). The teacher's marginals must be at that same temperature
+(``TeacherTargets.tau``; the stream computes them at the distillation tau): a mismatch is an
+error, never silently ignored. Objectives without a temperature take no ``tau`` option.
+"""
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pipeline.kd.types import StudentPotentials, TeacherTargets
+from pipeline.kd.types import TeacherTargets
+from pipeline.structs import Structure
+
+ALL_STRUCTURES = ("chain", "factorized")
 
 
 class Objective(nn.Module):
-    """A per-sentence KD loss. Subclasses set ``name`` / ``needs`` and implement ``loss``.
+    """A per-sentence KD loss. Subclasses set ``name``, ``structures`` (the student structure kinds
+    it is defined for), ``needs`` (TeacherTargets fields it reads; ``needs_for`` may refine them by
+    the student's and the teachers' structure kinds) and implement ``loss``.
 
-    ``needs`` lists the TeacherTargets fields the objective reads; a missing one is a ValueError.
+    ``owns_hard_loss``: the objective contains the gold / hard NLL itself (multigrained's eq. 7),
+    so a schedule must not add another one (see pipeline.kd.schedules.check_schedule).
     """
 
     name: str = ""
+    structures: tuple[str, ...] = ALL_STRUCTURES
     needs: tuple[str, ...] = ()
+    owns_hard_loss: bool = False
 
-    def forward(self, student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
-                hard: Tensor) -> Tensor:
-        missing = [f for f in self.needs if getattr(teacher, f) is None]
+    def needs_for(self, student_kind: str, teacher_kinds: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """The teacher fields read for a student of ``student_kind`` and teachers of ``teacher_kinds``
+        (``chain`` / ``factorized``)."""
+        return self.needs
+
+    def forward(self, student: Structure, teacher: TeacherTargets, hard: Tensor) -> Tensor:
+        if student.kind not in self.structures:
+            raise ValueError(f"KD objective '{self.name}' is defined for {list(self.structures)} "
+                             f"students, not '{student.kind}'")
+        missing = [f for f in self.needs_for(student.kind, teacher_kinds(teacher))
+                   if getattr(teacher, f) is None]
         if missing:
             raise ValueError(f"KD objective '{self.name}' needs teacher field(s) {missing}")
-        return self.loss(student, teacher, mask.bool(), hard)
+        return self.loss(student, teacher, hard)
 
-    def loss(self, student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
-             hard: Tensor) -> Tensor:
+    def loss(self, student: Structure, teacher: TeacherTargets, hard: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+def teacher_kinds(teacher: TeacherTargets) -> frozenset[str]:
+    """Structure kinds of the batch's teachers: ``teacher.kinds``, else read from ``teacher.crf``
+    (a host sync on a GPU; the stream always sets ``kinds``), else empty."""
+    if teacher.kinds or teacher.crf is None:
+        return teacher.kinds
+    flags = set(teacher.crf.tolist())
+    return frozenset({"chain"} if flags == {True} else {"factorized"} if flags == {False}
+                     else {"chain", "factorized"})
+
+
+def check_tau(name: str, tau: float) -> float:
+    if not tau > 0:
+        raise ValueError(f"{name}: tau must be > 0, got {tau}")
+    return float(tau)

@@ -1,17 +1,18 @@
 """KD objectives by name: ``build_objective(name, **options)``; every one is called
-``objective(student, teacher, mask, hard) -> loss [B]``."""
+``objective(student: Structure, teacher: TeacherTargets, hard) -> loss [B]``."""
 from __future__ import annotations
 
 import inspect
 
 from pipeline.kd.base import Objective
+from pipeline.kd.mixtures import MultiGrainedPosterior, PosteriorTopK, PosteriorTopWK
 from pipeline.kd.sequence import MultiGrained, TopK, TopWK
-from pipeline.kd.structural import Posterior, PosteriorTopWK, Structural, SubstructureL2
+from pipeline.kd.structural import Posterior, Structural, SubstructureL2
 from pipeline.kd.token import EmissionKD, NoKD, TokenKD
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
-    NoKD, TokenKD, EmissionKD, TopK, TopWK, Posterior, PosteriorTopWK, Structural, SubstructureL2,
-    MultiGrained)}
+    NoKD, TokenKD, EmissionKD, TopK, TopWK, Posterior, PosteriorTopWK, PosteriorTopK, Structural,
+    SubstructureL2, MultiGrained, MultiGrainedPosterior)}
 
 
 def objective_options(name: str) -> list[str]:

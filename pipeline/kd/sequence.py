@@ -14,11 +14,10 @@ from torch import Tensor, nn
 from pipeline import crf
 from pipeline.kd.base import Objective
 from pipeline.kd.nll import nll
-from pipeline.kd.student import log1mexp, log_partition, path_log_probs, weighted
-from pipeline.kd.types import StudentPotentials, TeacherTargets
-from pipeline.teacher_outputs import ROUNDING
+from pipeline.kd.types import TeacherTargets
+from pipeline.structs import ROUNDING, Structure
+from pipeline.structs.ops import NEG_INF, log1mexp, weighted
 
-NEG_INF = float("-inf")
 # Cap on log p_s_sum: the student's k-path log-mass is (score - log Z) in float32, whose rounding can
 # reach or pass 0 when the k paths hold (almost) all of its mass; log(1 - p) stays finite below it.
 LOG_MASS_CAP = -torch.finfo(torch.float32).eps
@@ -30,18 +29,14 @@ def _check_k(k: int | None) -> int | None:
     return k
 
 
-def mass_resolution(student: StudentPotentials, mask: Tensor) -> Tensor:
+def mass_resolution(student: Structure) -> Tensor:
     """[B] the float32 rounding bound of a student path log-prob ``score - log Z``:
-    ``ROUNDING * (L + 1) * (1 + |log Z_s|)``, as for the teacher's residual mass (teacher_outputs).
-    A CRF student's log Z is the one its path log-probs used (shared per step)."""
-    if student.is_crf:
-        log_z = log_partition(student, mask).detach()
-    else:
-        log_z = torch.logsumexp(student.emissions.detach().float(), -1).masked_fill(~mask, 0.0).sum(1)
-    return ROUNDING * (mask.sum(1) + 1) * (1 + log_z.abs())
+    ``ROUNDING * (L + 1) * (1 + |log Z_s|)``, as for the teacher's residual mass
+    (pipeline.structs.residual_mass); log Z is the one the path log-probs used (cached)."""
+    return ROUNDING * (student.lengths + 1) * (1 + student.log_partition.detach().abs())
 
 
-def kbest_log_probs(student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
+def kbest_log_probs(student: Structure, teacher: TeacherTargets,
                     k: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """Student and teacher log-probs of the teacher's first k paths: (log p_s, log p_t, valid) [B, K].
 
@@ -51,7 +46,7 @@ def kbest_log_probs(student: StudentPotentials, teacher: TeacherTargets, mask: T
         teacher = teacher.select(k)
     log_pt = teacher.kbest_logprob.float()
     valid = torch.isfinite(log_pt)
-    log_ps = path_log_probs(student, teacher.kbest_paths, mask)
+    log_ps = student.log_prob(teacher.kbest_paths)
     neg_inf = torch.full_like(log_ps, NEG_INF)
     return torch.where(valid, log_ps, neg_inf), torch.where(valid, log_pt, neg_inf), valid
 
@@ -70,8 +65,8 @@ class TopK(Objective):
         super().__init__()
         self.k = _check_k(k)
 
-    def loss(self, student, teacher, mask, hard):
-        log_ps, _, valid = kbest_log_probs(student, teacher, mask, self.k)
+    def loss(self, student, teacher, hard):
+        log_ps, _, valid = kbest_log_probs(student, teacher, self.k)
         count = valid.sum(1).clamp(min=1)
         return -weighted(valid.float(), log_ps).sum(1) / count
 
@@ -90,8 +85,8 @@ class TopWK(Objective):
         super().__init__()
         self.k = _check_k(k)
 
-    def loss(self, student, teacher, mask, hard):
-        log_ps, log_pt, _ = kbest_log_probs(student, teacher, mask, self.k)
+    def loss(self, student, teacher, hard):
+        log_ps, log_pt, _ = kbest_log_probs(student, teacher, self.k)
         weights = (log_pt - crf.logsumexp(log_pt, 1).unsqueeze(1)).exp()
         return -weighted(weights, log_ps).sum(1)
 
@@ -134,21 +129,22 @@ class MultiGrained(Objective):
         else:
             self.register_buffer("log_lambda", log_lambda)
         self.needs = ("kbest_paths", "kbest_logprob") if set(parts) - {"hard"} else ()
+        self.owns_hard_loss = "hard" in parts
         self.last_parts: dict[str, Tensor] = {}
 
-    def part_losses(self, student, teacher, mask, hard) -> dict[str, Tensor]:
+    def part_losses(self, student, teacher, hard) -> dict[str, Tensor]:
         """The unweighted per-sentence losses [B] of the selected parts."""
         values = {}
         if "hard" in self.parts:
-            values["hard"] = nll(student, hard, mask)
+            values["hard"] = nll(student, hard)
         if set(self.parts) & {"ce", "fuzzy"}:
-            log_ps, log_pt, _ = kbest_log_probs(student, teacher, mask, self.k)
+            log_ps, log_pt, _ = kbest_log_probs(student, teacher, self.k)
             residual_t = (-torch.expm1(crf.logsumexp(log_pt, 1))).clamp(0.0, 1.0)
             log_ps_sum = crf.logsumexp(log_ps, 1)
             # Where the student's mass outside the k paths is below float32 resolution (e.g. the k
             # paths are all its allowed paths), the gradient of log(1 - p_s_sum) would be rounding
             # noise amplified by 1 / |log p_s_sum|: it is stopped there (the value is unchanged).
-            resolved = log_ps_sum < -mass_resolution(student, mask)
+            resolved = log_ps_sum < -mass_resolution(student)
             capped = torch.where(resolved, log_ps_sum, log_ps_sum.detach().clamp(max=LOG_MASS_CAP))
             residual_term = -weighted(residual_t, log1mexp(capped))
             if "ce" in self.parts:
@@ -157,8 +153,8 @@ class MultiGrained(Objective):
                 values["fuzzy"] = -weighted(1.0 - residual_t, log_ps_sum) + residual_term
         return values
 
-    def loss(self, student, teacher, mask, hard):
-        values = self.part_losses(student, teacher, mask, hard)
+    def loss(self, student, teacher, hard):
+        values = self.part_losses(student, teacher, hard)
         lam = self.log_lambda.exp()
         total = sum(lam[i] * values[p] for i, p in enumerate(self.parts))
         if self.learned:

@@ -1,106 +1,128 @@
-"""Marginal-based objectives: posterior distillation, factorized structural KD, sub-structure L2."""
+"""Marginal-based objectives: posterior distillation, factorized structural KD, sub-structure L2.
+
+Teacher marginals meet the student's structure in ``teacher_marginals``: the store's marginals,
+except where a factorized (MaxEnt) teacher meets a constrained chain student (slide scenario 3,
+e.g. zero-shot cross-lingual): the product of the teacher's softmaxes puts mass on label sequences
+the student's scheme forbids, where the student's log-probability is -inf, so the cross entropy is
++inf. The teacher's distribution is then taken restricted to the sequences the student allows,
+P_t(y | x, y allowed) = prod_i P_t(y_i | x) [y allowed] / Z_allowed, whose exact node and edge
+marginals come from forward-backward over the teacher's log-softmax scores with the student's
+constraints (``Factorized.restricted``). Unconstrained students keep the product marginals (the
+cross entropy against the product distribution is finite and exact).
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from pipeline import crf
-from pipeline.kd.base import Objective
-from pipeline.kd.sequence import TopWK
-from pipeline.kd.student import constrained_factors, log_partition, node_log_marginals, weighted
-from pipeline.kd.types import StudentPotentials
+from pipeline.kd.base import Objective, check_tau, teacher_kinds
+from pipeline.kd.types import TeacherTargets
+from pipeline.potentials import Constraints
+from pipeline.structs import STRUCTURES, ChainCRF, Factorized, Structure
+from pipeline.structs.ops import weighted
+
+
+def restricts(student_kind: str, teacher_kinds_: frozenset[str]) -> bool:
+    """Whether teacher marginals may need the restricted distribution (then teacher emissions
+    are needed too): a chain student with a factorized teacher in the batch."""
+    return student_kind == "chain" and "factorized" in teacher_kinds_
+
+
+def teacher_marginals(student: Structure, teacher: TeacherTargets, names: tuple[str, ...]) -> dict[str, Tensor]:
+    """The teacher's marginals ``names`` for ``student`` (see the module docstring), at the
+    student's temperature, which must be the temperature of the teacher's targets."""
+    if abs(teacher.tau - student.tau) > 1e-12:
+        raise ValueError(f"teacher marginals are at temperature {teacher.tau}, the objective at "
+                         f"{student.tau}: the stream must compute them at the distillation tau")
+    out = {name: getattr(teacher, name) for name in names}
+    constraints = getattr(student, "constraints", None)
+    if constraints is None or not restricts(student.kind, teacher_kinds(teacher)):
+        return out
+    with torch.no_grad():
+        exact = restricted_marginals(teacher.emissions, student.mask, constraints, student.tau, names)
+    if teacher_kinds(teacher) == {"factorized"} or teacher.crf is None:
+        return exact
+    for name in names:
+        rows = (~teacher.crf.bool()).view(-1, *[1] * (exact[name].dim() - 1))
+        out[name] = torch.where(rows, exact[name], out[name].float())
+    return out
+
+
+def restricted_marginals(emissions: Tensor, mask: Tensor, constraints: Constraints, tau: float,
+                         names: tuple[str, ...]) -> dict[str, Tensor]:
+    """Marginals ``names`` of a MaxEnt teacher's distribution restricted to ``constraints``."""
+    return Factorized(emissions, mask, tau=tau).restricted(constraints).marginals(*names)
 
 
 def structural_kd(s_emissions: Tensor, s_transitions: Tensor | None, mask: Tensor, t_node: Tensor,
                   t_edge: Tensor | None, s_start: Tensor | None = None, s_end: Tensor | None = None,
-                  *, constraints: crf.Constraints | None = None, tau: float = 1.0) -> Tensor:
+                  *, constraints: Constraints | None = None, tau: float = 1.0) -> Tensor:
     """Factorized structural KD (Wang et al. 2021, structural KD slides), per sentence [B]:
 
-        L = -sum_{u in U_s(x)} P_t(u | x) phi_s(u, x) + log Z_s(x)
+        L = -sum_{u in U_s(x)} P_t(u | x) phi_s(u, x) / tau + log Z_s(x; tau)
 
-    over the CRF student's substructures: the start factor (P_t(y_1) = t_node[:, 0]), the emissions
-    (t_node), the transitions (t_edge) and the end factor (t_node at the last real position). With
-    t_node / t_edge the exact marginals of a CRF teacher this IS the cross entropy
-    -sum_y P_t(y | x) log P_s(y | x); a MaxEnt teacher passes edge = outer product of its node
-    marginals. Student potentials are divided by ``tau`` and its ``constraints`` make forbidden
-    factors -inf; a factor the teacher gives zero mass contributes 0 (never 0 * -inf = NaN), one it
-    gives positive mass makes the loss +inf (the exact value; never clamped). For a MaxEnt student
-    (``s_transitions`` None) it is posterior distillation: -sum_i sum_j t_node_ij log softmax(s_i)_j.
+    over the student's substructures, i.e. ``Structure.cross_entropy``: for a chain CRF student the
+    start factor (P_t(y_1) = t_node[:, 0]), the emissions (t_node), the transitions (t_edge) and
+    the end factor (t_node at the last real position); with the exact marginals of a CRF teacher
+    this IS -sum_y P_t(y | x) log P_s(y | x). For a MaxEnt student (``s_transitions`` None) it is
+    posterior distillation. A factor the teacher gives zero mass contributes 0 (never 0 * -inf), one
+    it gives positive mass while the student forbids it makes the loss +inf (exact, never clamped).
+    This is the kernel; the ``structural`` objective adds the tau^2 scale (pipeline.kd.base).
     """
-    mask = mask.bool()
-    node = t_node.float().masked_fill(~mask.unsqueeze(-1), 0.0)
     if s_transitions is None:
-        return -weighted(node, crf.maxent_log_probs(s_emissions, mask, tau=tau)).sum((1, 2))
-    student = StudentPotentials(s_emissions, s_transitions, s_start, s_end, constraints)
-    em, trans, start, end = constrained_factors(student, tau=tau)
-    # Transitions are shared by all positions, so their expected count is summed over positions
-    # first: a [B, T, T] product instead of a [B, L-1, T, T] one (1.5x faster fwd+bwd at T=37).
-    pairs = t_edge.float().masked_fill(~mask[:, 1:, None, None], 0.0).sum(1)
-    trans = trans if trans.dim() == 3 else trans.unsqueeze(0)
-    first = node[:, 0]
-    last = node[torch.arange(node.shape[0], device=node.device), mask.sum(1) - 1]
-    expected = (weighted(node, em).sum((1, 2))
-                + weighted(pairs, trans.expand_as(pairs)).sum((1, 2))
-                + weighted(first, start.expand_as(first)).sum(1)
-                + weighted(last, end.expand_as(last)).sum(1))
-    return log_partition(student, mask, tau=tau) - expected
+        student: Structure = Factorized(s_emissions, mask, tau=tau)
+        return student.cross_entropy({"node": t_node})
+    student = ChainCRF(s_emissions, s_transitions, mask, s_start, s_end, constraints, tau)
+    return student.cross_entropy({"node": t_node, "edge": t_edge})
 
 
 class Structural(Objective):
-    """Structural KD (structural KD slides, factorized form); see :func:`structural_kd`.
-
-    Works with a CRF teacher (edge = its edge marginals) or a MaxEnt teacher (edge = product of its
-    node marginals, as stored); reduces to posterior distillation for a MaxEnt student.
-    """
+    """Structural KD (structural KD slides, factorized form) for any student structure whose
+    ``target_names`` marginals the teacher covers: tau^2 * (log Z_s - E_{P_t}[phi_s]) with teacher
+    and student both at temperature tau (the official code's ``_calculate_xstruct_distillation_loss``).
+    A MaxEnt student gets posterior distillation; a MaxEnt teacher's edges are the product of its
+    node marginals (restricted for a constrained chain student, see ``teacher_marginals``)."""
 
     name = "structural"
     needs = ("node",)
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
-        if tau <= 0:
-            raise ValueError(f"structural KD: tau must be > 0, got {tau}")
-        self.tau = float(tau)
+        self.tau = check_tau("structural KD", tau)
 
-    def loss(self, student, teacher, mask, hard):
-        if student.is_crf and teacher.edge is None:
-            raise ValueError("KD objective 'structural' needs teacher field 'edge' for a CRF student")
-        return structural_kd(student.emissions, student.transitions, mask, teacher.node,
-                             teacher.edge, student.start, student.end,
-                             constraints=student.constraints, tau=self.tau)
+    def needs_for(self, student_kind, teacher_kinds_=frozenset()):
+        extra = ("emissions",) if restricts(student_kind, teacher_kinds_) else ()
+        return STRUCTURES[student_kind].target_names + extra
+
+    def loss(self, student, teacher, hard):
+        s = student.tempered(self.tau)
+        return self.tau ** 2 * s.cross_entropy(teacher_marginals(s, teacher, s.target_names))
 
 
 class Posterior(Objective):
-    """Posterior distillation, multilingual paper eq. 8:
+    """Posterior distillation, multilingual paper eq. 8, with the temperature rule:
 
-        L = -sum_i sum_j q_t(y_i = j | x) log q_s(y_i = j | x)
+        L = -tau^2 sum_i sum_j q_t(y_i = j | x) log q_s(y_i = j | x)
 
-    q_t = the teacher's node marginals; q_s = the student's node marginals (CRF: forward-backward,
-    differentiable; MaxEnt: softmax of its emissions).
-    """
+    q_t = the teacher's node marginals, q_s = the student's (chain: forward-backward,
+    differentiable; MaxEnt: softmax of its emissions), both at temperature tau."""
 
     name = "posterior"
     needs = ("node",)
 
-    def loss(self, student, teacher, mask, hard):
-        node = teacher.node.float().masked_fill(~mask.unsqueeze(-1), 0.0)
-        return -weighted(node, node_log_marginals(student, mask)).sum((1, 2))
-
-
-class PosteriorTopWK(Objective):
-    """Average of posterior (eq. 8) and Top-WK (eq. 7) of the multilingual paper ("Pos.+Top-WK")."""
-
-    name = "posterior_topwk"
-    needs = ("node", "kbest_paths", "kbest_logprob")
-
-    def __init__(self, k: int | None = None):
+    def __init__(self, tau: float = 1.0):
         super().__init__()
-        self.posterior = Posterior()
-        self.topwk = TopWK(k)
+        self.tau = check_tau("posterior KD", tau)
 
-    def loss(self, student, teacher, mask, hard):
-        return 0.5 * (self.posterior.loss(student, teacher, mask, hard)
-                      + self.topwk.loss(student, teacher, mask, hard))
+    def needs_for(self, student_kind, teacher_kinds_=frozenset()):
+        return self.needs + (("emissions",) if restricts(student_kind, teacher_kinds_) else ())
+
+    def loss(self, student, teacher, hard):
+        s = student.tempered(self.tau)
+        padding = ~s.mask.unsqueeze(-1)
+        node = teacher_marginals(s, teacher, ("node",))["node"].float().masked_fill(padding, 0.0)
+        log_q = s.log_marginals("node")["node"].masked_fill(padding, 0.0)
+        return -self.tau ** 2 * weighted(node, log_q).sum((1, 2))
 
 
 class SubstructureL2(Objective):
@@ -111,27 +133,32 @@ class SubstructureL2(Objective):
     s(y_l, y_{l-1}, x_l) = t_{y_{l-1}, y_l} + e_l[y_l] under the factorization of eq. 4, with y_0 the
     start state: at position 1 the T units start[y] + e_1[y] (start = zeros when None), at each later
     real position l the T*T units t[y', y] + e_l[y]; |U(x)| = T + (n - 1) T^2 for n words. Eq. 4 has
-    no end factor, so there is no end term. Raw potentials: no CRF forward algorithm. A unit the tag
-    scheme forbids (teacher factor stored as -inf, or forbidden by a CRF student's constraints) is
-    not in U(x), so |U(x)| counts the allowed units only (all of them without constraints). A MaxEnt
-    student or teacher has zero transitions and start. Padding never counts.
+    no end factor, so there is no end term. Raw potentials (no temperature, no forward algorithm).
+    A unit the tag scheme forbids (teacher factor stored as -inf, or forbidden by a chain student's
+    constraints) is not in U(x), so |U(x)| counts the allowed units only. A MaxEnt student or
+    teacher has zero transitions and start. Padding never counts.
     """
 
     name = "substructure_l2"
     needs = ("emissions",)
 
-    def loss(self, student, teacher, mask, hard):
+    def loss(self, student, teacher, hard):
+        mask = student.mask
         s_em, t_em = student.emissions.float(), teacher.emissions.float()
-        batch, _, num_labels = s_em.shape
+        num_labels = s_em.shape[-1]
         square, first_shape = (num_labels, num_labels), (num_labels,)
         t_trans = _per_sentence(teacher.transitions, square, s_em)
         t_start = _per_sentence(teacher.start, first_shape, s_em)
         trans_ok, start_ok = torch.isfinite(t_trans), torch.isfinite(t_start)
-        if student.is_crf and student.constraints is not None:
-            trans_ok = trans_ok & student.constraints.transitions.to(s_em.device, torch.bool)
-            start_ok = start_ok & student.constraints.start.to(s_em.device, torch.bool)
-        d_trans = torch.where(trans_ok, _per_sentence(student.transitions, square, s_em) - t_trans, 0.0)
-        d_start = torch.where(start_ok, _per_sentence(student.start, first_shape, s_em) - t_start, 0.0)
+        chain = student.kind == "chain"
+        constraints = student.constraints
+        if chain and constraints is not None:
+            trans_ok = trans_ok & constraints.transitions.to(s_em.device, torch.bool)
+            start_ok = start_ok & constraints.start.to(s_em.device, torch.bool)
+        s_trans = _per_sentence(student.transitions if chain else None, square, s_em)
+        s_start = _per_sentence(student.start if chain else None, first_shape, s_em)
+        d_trans = torch.where(trans_ok, s_trans - t_trans, 0.0)
+        d_start = torch.where(start_ok, s_start - t_start, 0.0)
         d_em = torch.where(mask.unsqueeze(-1), s_em - t_em, 0.0)
         first = torch.where(start_ok, d_start + d_em[:, 0], 0.0).square().sum(1)
         later = torch.where(trans_ok.unsqueeze(1), d_trans.unsqueeze(1) + d_em[:, 1:, None, :], 0.0)

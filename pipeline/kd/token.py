@@ -1,12 +1,16 @@
-"""Token-level objectives: no KD (gold-only baseline), Hinton KD on logits, emission distillation."""
+"""Token-level objectives: no KD (gold-only baseline), Hinton KD on logits, emission distillation.
+
+Both distil the student's emission scores (its ``node`` part before any transition), whatever its
+structure: a per-word softmax of the raw emissions on each side.
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from pipeline.kd.base import Objective
-from pipeline.kd.student import weighted
-from pipeline.kd.types import StudentPotentials, TeacherTargets
+from pipeline.kd.base import Objective, check_tau
+from pipeline.structs import Structure
+from pipeline.structs.ops import weighted
 
 
 def _masked_sum(per_position: Tensor, mask: Tensor) -> Tensor:
@@ -14,14 +18,18 @@ def _masked_sum(per_position: Tensor, mask: Tensor) -> Tensor:
     return per_position.masked_fill(~mask, 0.0).sum(1)
 
 
+def _emissions(student: Structure) -> Tensor:
+    """The student's raw emission scores [B, L, T] (float32, untempered)."""
+    return student.emissions.float()
+
+
 class NoKD(Objective):
     """Zero KD loss: training on the gold NLL only (the baseline)."""
 
     name = "none"
 
-    def loss(self, student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
-             hard: Tensor) -> Tensor:
-        return student.emissions.new_zeros(mask.shape[0], dtype=torch.float32)
+    def loss(self, student, teacher, hard):
+        return student.mask.new_zeros(student.mask.shape[0], dtype=torch.float32)
 
 
 class TokenKD(Objective):
@@ -35,29 +43,30 @@ class TokenKD(Objective):
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
-        if tau <= 0:
-            raise ValueError(f"token KD: tau must be > 0, got {tau}")
-        self.tau = float(tau)
+        self.tau = check_tau("token KD", tau)
 
-    def loss(self, student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
-             hard: Tensor) -> Tensor:
-        log_q = (student.emissions.float() / self.tau).log_softmax(-1)
+    def loss(self, student, teacher, hard):
+        log_q = (_emissions(student) / self.tau).log_softmax(-1)
         log_p = (teacher.emissions.float() / self.tau).log_softmax(-1)
         kl = weighted(log_p.exp(), log_p - log_q).sum(-1)
-        return self.tau ** 2 * _masked_sum(kl, mask)
+        return self.tau ** 2 * _masked_sum(kl, student.mask)
 
 
 class EmissionKD(Objective):
-    """Emission distillation, multilingual structure-level KD paper (Wang et al. 2020) eq. 3:
+    """Emission distillation, multilingual structure-level KD paper (Wang et al. 2020) eq. 3, with
+    the temperature rule of pipeline.kd.base:
 
-    L = -sum_i sum_j softmax(t_em)_ij log softmax(s_em)_ij over the real positions.
+        L = -tau^2 sum_i sum_j softmax(t_em_i / tau)_j log softmax(s_em_i / tau)_j  (real positions)
     """
 
     name = "emission"
     needs = ("emissions",)
 
-    def loss(self, student: StudentPotentials, teacher: TeacherTargets, mask: Tensor,
-             hard: Tensor) -> Tensor:
-        log_q = student.emissions.float().log_softmax(-1)
-        p = teacher.emissions.float().softmax(-1)
-        return -_masked_sum(weighted(p, log_q).sum(-1), mask)
+    def __init__(self, tau: float = 1.0):
+        super().__init__()
+        self.tau = check_tau("emission KD", tau)
+
+    def loss(self, student, teacher, hard):
+        log_q = (_emissions(student) / self.tau).log_softmax(-1)
+        p = (teacher.emissions.float() / self.tau).softmax(-1)
+        return -self.tau ** 2 * _masked_sum(weighted(p, log_q).sum(-1), student.mask)

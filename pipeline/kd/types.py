@@ -1,4 +1,5 @@
-"""The two inputs every KD objective takes: the student's potentials and the teacher's targets.
+"""What every KD objective reads of the teacher: ``TeacherTargets``, one batch of the store's
+teacher summaries (the student side is a ``pipeline.structs.Structure``).
 
 Shapes follow docs/DESIGN.md: B sentences, L words (padded), T labels, K stored k-best paths.
 """
@@ -12,49 +13,17 @@ import torch
 from torch import Tensor
 
 
-def _move(value: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or a tuple of tensors such as ``Constraints``, to ``device``."""
-    if value is None:
-        return None
-    if isinstance(value, Tensor):
-        return value.to(device)
-    return type(value)(*(v.to(device) for v in value))
-
-
-@dataclass
-class StudentPotentials:
-    """Potentials of the student's decoder for a batch.
-
-    emissions [B, L, T]; transitions [T, T] (or [B, T, T]), None for a MaxEnt student;
-    start / end [T] (or [B, T]) or None (zeros); constraints: ``pipeline.crf.Constraints`` or None.
-    """
-
-    emissions: Tensor
-    transitions: Tensor | None = None
-    start: Tensor | None = None
-    end: Tensor | None = None
-    constraints: Any = None
-    # log Z per (mask, tau), shared by the KD objective and the gold NLL of one training step; not an
-    # init field, so dataclasses.replace(student, emissions=...) starts a fresh (never stale) memo
-    log_z_memo: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
-
-    @property
-    def is_crf(self) -> bool:
-        return self.transitions is not None
-
-    def to(self, device: torch.device | str) -> StudentPotentials:
-        return StudentPotentials(**{f.name: _move(getattr(self, f.name), device)
-                                    for f in dataclasses.fields(self) if f.name != "log_z_memo"})
-
-
 @dataclass
 class TeacherTargets:
     """Per-sentence teacher outputs of a batch; fields an objective does not need may be None.
 
-    emissions [B, L, T]; transitions [B, T, T]; start / end [B, T]; node [B, L, T] and
-    edge [B, L-1, T, T] marginals; kbest_paths [B, K, L] long (best first); kbest_logprob [B, K]
-    true log-probabilities, -inf for surplus rows; residual_mass [B] (1 - mass of the K paths);
-    log_z [B]; crf [B] bool (decoder type of each sentence's teacher).
+    emissions [B, L, T]; transitions [B, T, T]; start / end [B, T] (the teacher's factors, -inf
+    where its scheme forbids them); node [B, L, T] and edge [B, L-1, T, T] marginals at temperature
+    ``tau``; kbest_paths [B, K, L] long (best first); kbest_logprob [B, K] true log-probabilities,
+    -inf for surplus rows; residual_mass [B] (1 - mass of the K paths); log_z [B]; crf [B] bool
+    (True: the sentence's teacher is a chain CRF, False: a factorized MaxEnt teacher); ``kinds``
+    the structure kinds of the batch's teachers as known on the host ({"chain", "factorized"}; the
+    stream sets it so that no objective has to read ``crf`` back from a GPU).
     """
 
     emissions: Tensor | None = None
@@ -68,10 +37,15 @@ class TeacherTargets:
     residual_mass: Tensor | None = None
     log_z: Tensor | None = None
     crf: Tensor | None = None
+    tau: float = 1.0
+    kinds: frozenset = frozenset()
 
-    def to(self, device: torch.device | str) -> TeacherTargets:
-        return TeacherTargets(**{f.name: _move(getattr(self, f.name), device)
-                                 for f in dataclasses.fields(self)})
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TeacherTargets:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def map(self, fn) -> TeacherTargets:
+        """``fn`` applied to every tensor field (None and ``tau`` stay as they are)."""
+        return TeacherTargets(**{f.name: _apply(fn, getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def select(self, k: int) -> TeacherTargets:
         """The same targets with only the first ``k`` k-best paths (all of them if fewer are stored).
@@ -87,3 +61,9 @@ class TeacherTargets:
         residual = (-torch.expm1(kept)).clamp(min=0.0).to(logprob.dtype)
         return dataclasses.replace(self, kbest_paths=self.kbest_paths[:, :k], kbest_logprob=logprob,
                                    residual_mass=residual)
+
+
+def _apply(fn, value: Any) -> Any:
+    if value is None or isinstance(value, (int, float, frozenset)):
+        return value
+    return fn(value)

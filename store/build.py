@@ -1,0 +1,191 @@
+"""Building a store (stage one's logic): plan, resume, annotate, commit, finalize.
+
+Each corpus's sentences go to the teacher of the corpus's language. Every (corpus, split) is cut into
+chunks of ``shard_size`` sentences in file order; a chunk is one shard, annotated in length-bucketed
+batches under a word budget and committed atomically (store/writer.py). Re-running resumes: shards
+already complete (marker + checksums + same input) are kept, the others are redone.
+
+The teacher quantities of a batch come from ``pipeline.teaching.teacher_targets``, the one teacher
+path (the online-teacher comparison and ``store verify`` use it too).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import AnnotateConfig, CorpusConfig
+from pipeline.corpus import Sentence, corpus_splits, read_corpus
+from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
+from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
+from store.tensors import length_batches
+from store.writer import ShardSpec, StoreWriter
+
+OnBatch = Callable[[int, int], None]  # (sentences, words) annotated
+
+
+def load_teacher(folder: str, device: str = "auto") -> Teacher:
+    """A teacher model folder (``Tagger.save``) on ``device`` (``auto``: CUDA when present)."""
+    from pipeline.tagger import Tagger
+    from pipeline.trainer import resolve_device
+
+    return Tagger.load(folder, resolve_device(device)).eval()
+
+
+def teacher_id(folder: str, fingerprint: str) -> str:
+    """``<folder name>-<fingerprint[:8]>``, reduced to safe characters."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(folder).name).strip("-_")[:80] or "teacher"
+    return f"{stem}-{fingerprint[:8]}"
+
+
+def teacher_meta(teacher: Teacher, lang: str, folder: str, probe: list[str],
+                 options: StoreOptions) -> TeacherMeta:
+    """The store's record of a teacher; its factors come from the Structure of one probe sentence."""
+    with torch.inference_mode():
+        structure = teacher.structure([probe])
+    try:
+        arrays = teacher_factors(structure)
+    except ValueError as err:
+        raise StoreError(f"teacher {folder}: {err}") from None
+    fingerprint = teacher.fingerprint()
+    return TeacherMeta(teacher_id(folder, fingerprint), lang, list(teacher.labels), teacher.scheme,
+                       DECODER_KIND[structure.kind], fingerprint, options.k, options.tau, folder, arrays)
+
+
+def input_sha256(sentences: list[Sentence]) -> str:
+    payload = [[s.sid, s.tokens, s.labels] for s in sentences]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def annotate_batch(teacher: Teacher, meta: TeacherMeta, sentences: list[Sentence],
+                   options: StoreOptions) -> list[dict]:
+    """Teacher outputs of one batch as per-sentence store rows (see StoreWriter.write_shard).
+
+    Emissions are rounded to the storage dtype first, so every stored quantity is exactly the one of
+    the stored potentials (store/README.md, "Precision")."""
+    tokens = [s.tokens for s in sentences]
+    structure = teacher.structure(tokens)
+    lengths = [len(t) for t in tokens]
+    if structure.mask.shape[0] != len(tokens) or structure.lengths.tolist() != lengths:
+        raise StoreError(f"teacher {meta.id}: mask does not match the sentence lengths of the batch "
+                         f"starting with {sentences[0].sid}")
+    try:
+        out = teacher_targets(rounded(structure, getattr(torch, options.dtype)), options.k,
+                              tau=options.tau, with_marginals=options.tensors == "full")
+    except ValueError as err:
+        raise StoreError(f"teacher {meta.id}, batch starting with {sentences[0].sid}: {err}") from None
+    out = {name: value.detach().cpu().numpy() for name, value in out.items()}
+    index = {label: i for i, label in enumerate(meta.labels)}
+    rows = []
+    for b, s in enumerate(sentences):
+        n = lengths[b]
+        rows.append({
+            "sid": s.sid, "corpus": s.corpus, "split": s.split, "lang": s.lang, "teacher": meta.id,
+            "index": int(s.sid.rsplit("/", 1)[1]), "length": n, "tokens": list(s.tokens),
+            "gold": None if s.labels is None else list(s.labels),
+            "gold_ids": None if s.labels is None else [index.get(label, -1) for label in s.labels],
+            "viterbi": out["viterbi"][b, :n], "kbest_paths": out["kbest_paths"][b, :, :n],
+            "kbest_logprob": out["kbest_logprob"][b], "residual_mass": float(out["residual_mass"][b]),
+            "log_z": float(out["log_z"][b]), "emissions": out["emissions"][b, :n],
+            **({"node": out["node"][b, :n], "edge": out["edge"][b, :n - 1]} if "node" in out else {}),
+        })
+    return rows
+
+
+def annotate_shard(teacher: Teacher, meta: TeacherMeta, spec: ShardSpec, sentences: list[Sentence],
+                   options: StoreOptions, batch_tokens: int, on_batch: OnBatch | None = None) -> list[dict]:
+    """Rows of one shard in sentence order; batches are length-bucketed under ``batch_tokens`` words."""
+    rows: list[dict | None] = [None] * len(sentences)
+    lengths = np.array([len(s.tokens) for s in sentences])
+    for batch in length_batches(lengths, batch_tokens):
+        for i, row in zip(batch, annotate_batch(teacher, meta, [sentences[i] for i in batch], options)):
+            rows[i] = {**row, "shard": spec.id}
+        if on_batch is not None:
+            on_batch(len(batch), int(lengths[batch].sum()))
+    return rows
+
+
+def read_all(cfg: AnnotateConfig) -> list[tuple[CorpusConfig, str, list[Sentence]]]:
+    """Every (corpus, split, sentences) of ``cfg`` to annotate; refuses corpora without a teacher
+    and two corpora of the same name (their sentence ids would collide)."""
+    splits = [check_split(s) for s in cfg.splits]
+    seen: set[str] = set()
+    out = []
+    for corpus in cfg.corpora:
+        check_name("corpus", corpus.name)
+        if corpus.name in seen:
+            raise StoreError(f"two corpora are named {corpus.name!r}: corpus names must be unique in a "
+                             "store (their sentence ids corpus/split/index would collide)")
+        seen.add(corpus.name)
+        if corpus.lang not in cfg.teachers:
+            raise StoreError(f"corpus {corpus.name} is in language {corpus.lang!r}, which has no teacher "
+                             f"(teachers: {sorted(cfg.teachers)})")
+        available = corpus_splits(corpus)
+        for split in (s for s in splits if s in available):
+            sentences = read_corpus(corpus, split)
+            for i, s in enumerate(sentences):
+                if s.sid != make_sid(corpus.name, split, i) or not s.tokens:
+                    raise StoreError(f"corpus {corpus.name}/{split}: sentence {i} has sid {s.sid!r} "
+                                     f"and {len(s.tokens)} tokens")
+            if sentences:
+                out.append((corpus, split, sentences))
+    return out
+
+
+def plan_shards(work, metas: dict[str, TeacherMeta],
+                shard_size: int) -> list[tuple[ShardSpec, list[Sentence]]]:
+    """The deterministic shard plan: each (corpus, split) in chunks of ``shard_size`` in file order."""
+    plan = []
+    for corpus, split, sentences in work:
+        meta = metas[corpus.lang]
+        for chunk, first in enumerate(range(0, len(sentences), shard_size)):
+            part = sentences[first:first + shard_size]
+            spec = ShardSpec(shard_id(meta.id, corpus.name, split, chunk), meta.id, corpus.name, split,
+                             corpus.lang, first, len(part), input_sha256(part))
+            plan.append((spec, part))
+    return plan
+
+
+def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = None,
+                on_batch: OnBatch | None = None, on_skip: Callable[[int], None] | None = None,
+                on_plan: Callable[[int], None] | None = None) -> dict:
+    """Annotate every corpus split of ``cfg`` into the store ``cfg.out``; returns the manifest.
+
+    ``teachers`` (language -> loaded teacher) replaces loading the ``cfg.teachers`` model folders
+    (tests, benchmarks, teachers built in Python). Progress callbacks:
+    ``on_plan(total sentences)``, ``on_batch(sentences, words)`` per annotated batch and
+    ``on_skip(sentences)`` per shard kept from an earlier run.
+    """
+    options = StoreOptions(k=cfg.k, tau=cfg.tau, dtype=cfg.dtype, tensors=cfg.tensors,
+                           prune=cfg.prune, shard_size=cfg.shard_size)
+    with StoreWriter(cfg.out, options, mix_teachers=cfg.mix_teachers) as writer:
+        work = read_all(cfg)
+        loaded: dict[str, Any] = {}
+        metas: dict[str, TeacherMeta] = {}
+        for lang in sorted({corpus.lang for corpus, _, _ in work}):
+            folder = cfg.teachers.get(lang, f"teacher-{lang}")
+            loaded[lang] = (teachers or {}).get(lang) or load_teacher(folder, cfg.device)
+            probe = next(sents[0].tokens for corpus, _, sents in work if corpus.lang == lang)
+            meta = teacher_meta(loaded[lang], lang, folder, probe, options)
+            meta.id = writer.add_teacher(meta)
+            metas[lang] = meta
+        plan = plan_shards(work, metas, options.shard_size)
+        writer.begin([spec for spec, _ in plan])
+        if on_plan is not None:
+            on_plan(sum(spec.rows for spec, _ in plan))
+        with torch.inference_mode():
+            for spec, part in plan:
+                if writer.is_complete(spec):
+                    if on_skip is not None:
+                        on_skip(spec.rows)
+                    continue
+                rows = annotate_shard(loaded[spec.lang], metas[spec.lang], spec, part, options,
+                                      cfg.batch_tokens, on_batch)
+                writer.write_shard(spec, rows)
+        return writer.finalize([spec for spec, _ in plan])

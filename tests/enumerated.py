@@ -1,0 +1,106 @@
+"""The brute-force oracle as a Structure: every output of one sentence enumerated, in float64.
+
+``Enumerated(outputs, indicators, potentials)``: ``outputs`` [N, ...] every structure of the
+sentence, ``indicators[name]`` [N, *part shape] how often output n uses each factor of part
+``name`` (0/1 counts), ``potentials[name]`` the float64 log-potential of each factor (-inf =
+forbidden). Then score(y) = sum_parts <indicator(y), potential> and every method of
+pipeline.structs.Structure follows by enumeration: no dynamic program anywhere.
+
+``chain_outputs`` / ``factorized`` build it for the two structures of pipeline.structs; later
+structures (trees, span sets) add an enumerator of their outputs and nothing else.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+class Enumerated:
+    """One sentence's distribution P(y) = exp(score(y)) / Z over the enumerated ``outputs``."""
+
+    def __init__(self, outputs: torch.Tensor, indicators: dict[str, torch.Tensor],
+                 potentials: dict[str, torch.Tensor]):
+        self.outputs, self.indicators, self.potentials = outputs, indicators, potentials
+        total = torch.zeros(len(outputs), dtype=torch.float64)
+        for name, ind in indicators.items():
+            phi = potentials[name].double().expand(ind.shape[1:])
+            used = ind.double() * torch.where(torch.isfinite(phi), phi, torch.zeros_like(phi))
+            forbidden = ((ind > 0) & ~torch.isfinite(phi)).flatten(1).any(1)
+            total = total + used.flatten(1).sum(1)
+            total = torch.where(forbidden, torch.full_like(total, NEG_INF), total)
+        self.scores = total
+
+    @property
+    def log_partition(self) -> float:
+        return torch.logsumexp(self.scores, 0).item()
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        return self.scores - torch.logsumexp(self.scores, 0)
+
+    def marginals(self) -> dict[str, torch.Tensor]:
+        p = self.log_probs.exp()
+        return {name: (p.view(-1, *[1] * (ind.dim() - 1)) * ind.double()).sum(0)
+                for name, ind in self.indicators.items()}
+
+    def expected_score(self, marginals: dict[str, torch.Tensor]) -> float:
+        total = 0.0
+        for name, m in marginals.items():
+            phi = self.potentials[name].double().expand(m.shape)
+            total += torch.where(m > 0, m.double() * phi, torch.zeros_like(phi)).sum().item()
+        return total
+
+    def cross_entropy_to(self, other: Enumerated) -> float:
+        """-sum_y P_other(y) log P_self(y) over the same outputs (0 * -inf = 0)."""
+        p = other.log_probs.exp()
+        return -torch.where(p > 0, p * self.log_probs, torch.zeros_like(p)).sum().item()
+
+    def index(self, y: torch.Tensor) -> int:
+        return int((self.outputs == y).flatten(1).all(1).nonzero()[0])
+
+    def log_prob(self, y: torch.Tensor) -> float:
+        return self.log_probs[self.index(y)].item()
+
+    def argmax(self) -> torch.Tensor:
+        return self.outputs[int(self.scores.argmax())]
+
+    def kbest(self, k: int) -> tuple[list[torch.Tensor], list[float]]:
+        order = sorted(range(len(self.outputs)), key=lambda n: -self.scores[n].item())
+        kept = [n for n in order if self.scores[n].item() > NEG_INF][:k]
+        return [self.outputs[n] for n in kept], [self.log_probs[n].item() for n in kept]
+
+
+def chain(emissions, transitions, start=None, end=None, allowed=None, tau=1.0) -> Enumerated:
+    """Every label sequence of a linear-chain CRF: emissions [n, T], transitions [T, T], start / end
+    [T] or None, allowed = Constraints or None; the parts of pipeline.structs.ChainCRF."""
+    n, T = emissions.shape
+    outputs = torch.tensor(list(itertools.product(range(T), repeat=n)), dtype=torch.long)
+    N = len(outputs)
+    node = torch.zeros(N, n, T)
+    node[torch.arange(N)[:, None], torch.arange(n)[None, :], outputs] = 1
+    edge = torch.zeros(N, max(n - 1, 0), T, T)
+    for i in range(n - 1):
+        edge[torch.arange(N), i, outputs[:, i], outputs[:, i + 1]] = 1
+    first, last = node[:, 0], node[:, n - 1]
+    zeros = torch.zeros(T, dtype=torch.float64)
+    trans = transitions.double()
+    start = zeros if start is None else start.double()
+    end = zeros if end is None else end.double()
+    if allowed is not None:
+        trans = trans.masked_fill(~allowed.transitions, NEG_INF)
+        start, end = start.masked_fill(~allowed.start, NEG_INF), end.masked_fill(~allowed.end, NEG_INF)
+    potentials = {"node": emissions.double() / tau, "edge": trans / tau, "start": start / tau, "end": end / tau}
+    return Enumerated(outputs, {"node": node, "edge": edge, "start": first, "end": last}, potentials)
+
+
+def factorized(emissions, tau=1.0) -> Enumerated:
+    """Every label sequence under independent per-word softmaxes (no constraints in the distribution)."""
+    n, T = emissions.shape
+    outputs = torch.tensor(list(itertools.product(range(T), repeat=n)), dtype=torch.long)
+    N = len(outputs)
+    node = torch.zeros(N, n, T)
+    node[torch.arange(N)[:, None], torch.arange(n)[None, :], outputs] = 1
+    return Enumerated(outputs, {"node": node}, {"node": emissions.double() / tau})
