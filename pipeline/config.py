@@ -370,6 +370,7 @@ RULES: dict[tuple[type, str], Any] = {
     (KDConfig, "schedule"): OneOf(names=_schedules),
     (KDConfig, "lam"): Range(0, 1),
     (KDConfig, "anneal_rate"): _AT_LEAST_0,
+    (KDConfig, "anneal_percent"): _AT_LEAST_0,
     (KDConfig, "normalize"): OneOf("sentence", "token"),
     (DistillConfig, "labels"): Each(),
     (DistillConfig, "batch_tokens"): _AT_LEAST_1,

@@ -1,4 +1,6 @@
-"""Shared plumbing of the stage commands: typed config from params.yaml + flag overrides."""
+"""Shared plumbing of the stage commands: typed config from params.yaml + flag overrides, and the
+checks of the paths a stage is given (params file, model folders) that turn a missing path into one
+clear line instead of a traceback deep in a loader."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,21 +8,40 @@ from typing import Any
 
 from rich.console import Console
 
-from pipeline.config import from_dict, merge, read_section
+from pipeline.config import from_dict, merge, read_params, read_section
+from pipeline.errors import ConfigError, DataError
 
 console = Console(stderr=True)
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def params_file(params: Path | None, given: bool = False) -> Path | None:
+    """The params file a stage reads, or None to run on the dataclass defaults and the flags.
+
+    Only the default ``params.yaml`` may be absent; a ``--params`` file the user named (``given``:
+    on the command line, or any path other than the default) must exist."""
+    if params is None or params.exists():
+        return params
+    if given or params != DEFAULT_PARAMS:
+        raise ConfigError(f"--params {params}: no such file")
+    return None
 
 
 def load_config(cls: type, params: Path | None, sections: list[str], flags: dict[str, Any]) -> Any:
     """Config of ``cls`` from the given params.yaml sections (later ones win), then the flags.
 
     ``flags`` maps dotted field names (``kd.method``) to values; ``None`` means "not given".
-    Without a params file the dataclass defaults are the base.
+    Without a params file the dataclass defaults are the base. Every problem is a ConfigError
+    naming the key, prefixed with the first section (``distill.optim.lr``).
     """
     data: dict[str, Any] = {}
     if params is not None:
         for section in sections:
-            data = merge(data, read_section(params, section))
+            part = read_section(params, section)
+            if part is not None and not isinstance(part, dict):
+                raise ConfigError(f"{params}: section '{section}' must be a mapping of keys, "
+                                  f"got {type(part).__name__}")
+            data = merge(data, part or {})
     for dotted, value in flags.items():
         if value is None:
             continue
@@ -29,15 +50,29 @@ def load_config(cls: type, params: Path | None, sections: list[str], flags: dict
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return from_dict(cls, data)
+    return from_dict(cls, data, sections[0] if sections else "")
 
 
 def top_level_methods(params: Path | None) -> list[str] | None:
     """The distill methods listed once at the top of params.yaml (``methods:``), if any."""
     if params is None or not Path(params).exists():
         return None
-    try:
-        methods = read_section(params, "methods")
-    except KeyError:
+    methods = read_params(params).get("methods")
+    if methods is None:
         return None
-    return list(methods)
+    if not isinstance(methods, list) or not all(isinstance(m, str) and m for m in methods):
+        raise ConfigError(f"{params}: methods: expected a list of run names, got {methods!r}")
+    return methods
+
+
+def check_model_folder(folder: str | Path, key: str) -> Path:
+    """``folder`` as a Path if it is a saved model folder; else a DataError naming ``key`` (the
+    params key or flag that named it) and the folder."""
+    path = Path(folder)
+    if not path.exists():
+        raise DataError(f"{key}: {folder} does not exist (expected a model folder)")
+    if not path.is_dir():
+        raise DataError(f"{key}: {folder} is a file, not a model folder")
+    if not (path / "config.json").is_file():
+        raise DataError(f"{key}: {folder} is not a model folder (no config.json)")
+    return path

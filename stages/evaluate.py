@@ -7,20 +7,26 @@ from typing import Optional
 import typer
 
 from pipeline.config import EvaluateConfig
-from pipeline.corpus import corpus_splits, read_corpus
+from pipeline.corpus import check_corpora, corpus_splits, read_corpus
 from pipeline.metrics import evaluate_tags
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict, resolve_device
-from stages.common import console, load_config, top_level_methods
+from pipeline.errors import ConfigError
+from stages.common import check_model_folder, console, load_config, params_file, top_level_methods
 from store.files import atomic_json
 
 
-def evaluate_models(cfg: EvaluateConfig) -> dict:
-    """``{model: {"corpus/split": metrics}}`` for every model on every configured corpus split."""
+def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
+    """``{model: {"corpus/split": metrics}}`` for every model on every configured corpus split.
+
+    Every model folder and corpus file is checked before anything is loaded."""
     device = resolve_device(cfg.device)
     results: dict[str, dict] = {}
-    models = dict(cfg.models)
-    models.update({m: str(Path(cfg.runs_dir) / m / "model") for m in cfg.methods})
+    models = {name: check_model_folder(folder, f"{section}.models.{name}")
+              for name, folder in cfg.models.items()}
+    models.update({m: check_model_folder(Path(cfg.runs_dir) / m / "model", f"{section}.methods.{m}")
+                   for m in cfg.methods})
+    check_corpora(cfg.corpora, f"{section}.corpora")
     data = [(corpus, split, read_corpus(corpus, split)) for corpus in cfg.corpora  # read once
             for split in cfg.splits if split in corpus_splits(corpus)]
     for name, folder in models.items():
@@ -45,9 +51,12 @@ def main(
     out: Optional[str] = typer.Option(None, help="JSON file to write."),
 ) -> None:
     """Entity P/R/F1 (seqeval; strict for BIOES) or token accuracy (POS) of each model."""
+    bad = [m for m in model or [] if "=" not in m or not m.split("=", 1)[0]]
+    if bad:
+        raise ConfigError(f"--model: expected NAME=FOLDER, got {bad[0]!r}")
     models = dict(m.split("=", 1) for m in model) if model else None
     cfg: EvaluateConfig = load_config(
-        EvaluateConfig, params if params and params.exists() else None, [section],
+        EvaluateConfig, params_file(params), [section],
         {"models": models, "out": out, "methods": [] if models else top_level_methods(params)})
-    atomic_json(Path(cfg.out), evaluate_models(cfg))
+    atomic_json(Path(cfg.out), evaluate_models(cfg, section))
     console.print(f"wrote {cfg.out}")

@@ -6,22 +6,29 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
+from pipeline.errors import ConfigError
 from pipeline.readers import read_conll, read_raw
+from pipeline.rules import check_device
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict as predict_labels
-from stages.common import console
+from pipeline.trainer import resolve_device
+from stages.common import check_model_folder, console
 
 FORMATS = ("conll", "raw")
+
+
+def check_format(fmt: str) -> None:
+    """``--format`` must name a reader of this command."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: must be one of {list(FORMATS)}, got {fmt!r}")
 
 
 def label_file(model: Tagger, path: Path, fmt: str, word_col: int = 0,
                batch_size: int = 64) -> tuple[str, int]:
     """(CoNLL text, sentence count) of ``path``: ``word label`` lines, a blank line after each sentence."""
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"--format must be one of {FORMATS}, got {fmt!r}")
+    check_format(fmt)
     if fmt == "conll":
         sentences = read_conll(path, "input", "test", word_col=word_col, label_col=None)
     else:
@@ -39,11 +46,13 @@ def main(
     output: Optional[Path] = typer.Option(None, help="File to write (default: stdout)."),
     word_col: int = typer.Option(0, help="CoNLL: column of the words."),
     batch_size: int = typer.Option(64, help="Sentences per batch (sorted by length)."),
-    device: str = typer.Option("cpu", help="cpu | cuda[:n]."),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda[:n]."),
 ) -> None:
     """Write ``word label`` lines (CoNLL) with the model's predicted labels."""
     started = time.perf_counter()
-    tagger = Tagger.load(model, device=torch.device(device))
+    check_format(format)
+    check_device(device, "--device")
+    tagger = Tagger.load(check_model_folder(model, "--model"), device=resolve_device(device))
     text, count = label_file(tagger, input, format, word_col, batch_size)
     if output is None:
         sys.stdout.write(text)

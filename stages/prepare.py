@@ -7,17 +7,19 @@ from typing import Optional
 import typer
 
 from pipeline.config import PrepareConfig
-from pipeline.corpus import corpus_splits, read_corpus
+from pipeline.corpus import check_corpora, corpus_splits, read_corpus
 from pipeline.schemes import detect_scheme
-from stages.common import console, load_config
+from stages.common import console, load_config, params_file
 from store.files import atomic_json
 
 
-def summarize(cfg: PrepareConfig) -> dict:
+def summarize(cfg: PrepareConfig, section: str = "prepare") -> dict:
     """Per corpus and split: sentences, tokens, labels and the detected tag scheme.
 
-    Reading is the validation: a malformed file raises an error naming the file and line.
+    Reading is the validation: corpus names must be unique and every file present
+    (``check_corpora``), and a malformed file raises an error naming the file and line.
     """
+    check_corpora(cfg.corpora, f"{section}.corpora")
     summary: dict[str, dict] = {}
     for corpus in cfg.corpora:
         for split in corpus_splits(corpus):
@@ -43,6 +45,6 @@ def main(
 ) -> None:
     """Validate the corpora of params.yaml and summarise them."""
     cfg: PrepareConfig = load_config(
-        PrepareConfig, params if params and params.exists() else None, [section], {"out": out})
-    atomic_json(Path(cfg.out), summarize(cfg))
+        PrepareConfig, params_file(params), [section], {"out": out})
+    atomic_json(Path(cfg.out), summarize(cfg, section))
     console.print(f"wrote {cfg.out}")

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from pipeline.config import ReportConfig
-from stages.common import console, load_config, top_level_methods
+from pipeline.errors import DataError
+from stages.common import console, load_config, params_file, top_level_methods
 
 
 def _score(metrics: dict) -> float:
@@ -17,19 +18,37 @@ def _score(metrics: dict) -> float:
     return float(metrics["f1"] if "f1" in metrics else metrics["accuracy"])
 
 
+def _read_json(path: Path, made_by: str) -> dict:
+    """A JSON object another stage wrote; missing or unreadable is a DataError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist (run `structkd {made_by}` first)") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def build_rows(cfg: ReportConfig) -> list[dict]:
-    """One row per (method, corpus split): P/R/F1, epoch time, KD overhead, gap closed."""
-    evaluation = json.loads(Path(cfg.evaluate).read_text())
-    teacher = evaluation.get(cfg.teacher, {})
+    """One row per (method, corpus split): P/R/F1, epoch time, KD overhead, gap closed.
+
+    A method or the teacher missing from the evaluation is refused, not left out of the table."""
+    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
+    missing = [name for name in [cfg.teacher, *cfg.methods] if name not in evaluation]
+    if missing:
+        raise DataError(f"{cfg.evaluate} has no scores of {missing}; it scores {sorted(evaluation)}")
+    teacher = evaluation[cfg.teacher]
     epoch_seconds, per_k_sentences = {}, {}
     for method in cfg.methods:
-        run = json.loads((Path(cfg.runs_dir) / method / "metrics.json").read_text())
+        run = _read_json(Path(cfg.runs_dir) / method / "metrics.json", f"distill --run {method}")
         epoch_seconds[method] = statistics.median(run["epoch_seconds"])
         per_k_sentences[method] = 1000 * epoch_seconds[method] / run["train_sentences"]
     base_time = per_k_sentences.get(cfg.baseline)
     rows = []
     for method in cfg.methods:
-        for key, metrics in evaluation.get(method, {}).items():
+        for key, metrics in evaluation[method].items():
             score = _score(metrics)
             row = {"method": method, "data": key, "precision": metrics.get("precision"),
                    "recall": metrics.get("recall"), "score": score,
@@ -101,7 +120,7 @@ def main(
 ) -> None:
     """Write report.md (per method: P/R/F1, epoch time, KD overhead, gap closed) and a PNG chart."""
     cfg: ReportConfig = load_config(
-        ReportConfig, params if params and params.exists() else None, [section],
+        ReportConfig, params_file(params), [section],
         {"out": out, "methods": top_level_methods(params)})
     rows = build_rows(cfg)
     chart(rows, cfg)

@@ -9,8 +9,9 @@ import typer
 
 from pipeline.config import TeacherConfig, to_dict
 from pipeline.corpus import read_corpus
+from pipeline.errors import DataError
 from pipeline.trainer import train_tagger
-from stages.common import console, load_config
+from stages.common import console, load_config, params_file
 from store.files import atomic_json
 
 
@@ -27,11 +28,13 @@ def main(
     """Fine-tune a teacher and save it as a self-contained model folder."""
     cfg: TeacherConfig = load_config(
         TeacherConfig,
-        params if params and params.exists() else None,
+        params_file(params),
         [f"teachers.{teacher}"],
         {"out": out, "optim.epochs": epochs, "optim.max_steps": max_steps, "optim.seed": seed,
          "device": device},
     )
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise DataError(f"teachers.{teacher}.out: {cfg.out} is a file, not a model folder")
     train = read_corpus(cfg.corpus, "train")
     dev = read_corpus(cfg.corpus, "dev")
     console.print(f"[bold]train-teacher[/] {cfg.name}: {len(train)} train / {len(dev)} dev sentences")
