@@ -28,7 +28,7 @@ from pipeline.tagger import Tagger, build_tagger
 from pipeline.teaching import teacher_targets
 from store.build import build_store
 from store import open_store
-from store.tensors import length_batches
+from pipeline.batching import budget_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "conll2003_en"
@@ -98,7 +98,7 @@ def batches(sentences, cfg: AnnotateConfig) -> list[list[list[str]]]:
     for first in range(0, len(sentences), cfg.shard_size):
         chunk = sentences[first:first + cfg.shard_size]
         lengths = np.array([len(s.tokens) for s in chunk])
-        out += [[chunk[i].tokens for i in rows] for rows in length_batches(lengths, cfg.batch_tokens)]
+        out += [[chunk[i].tokens for i in rows] for rows in budget_batches(lengths, cfg.batch_tokens)]
     return out
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pipeline.config import EncoderConfig
+from pipeline.potentials import NEG_INF
 
 PAD, UNK = "<pad>", "<unk>"
 MAX_WORD_CHARS = 64  # characters of a word seen by the char CNN/LSTM (the rest is cut)
@@ -295,7 +296,7 @@ class CharEncoder(nn.Module):
         if self.kind == "cnn":
             h = self.net(x.transpose(1, 2))
             pad = torch.arange(chars.shape[1], device=chars.device) >= lengths.unsqueeze(1)
-            return h.masked_fill(pad.unsqueeze(1), float("-inf")).amax(dim=2)
+            return h.masked_fill(pad.unsqueeze(1), NEG_INF).amax(dim=2)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.net(packed)
         return torch.cat([h[0], h[1]], dim=1)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from pipeline.batching import pack
 from pipeline.config import OptimConfig, TeacherConfig
 from pipeline.corpus import Sentence, effective_scheme
 from pipeline.encoders import TransformerWordEncoder
@@ -61,7 +62,7 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> l
     pool = batch_size * BUCKET_POOL
     for start in range(0, len(order), pool):
         chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        batches += [[chunk[k] for k in rows] for rows in pack([lengths[i] for i in chunk], None, batch_size)]
     rng.shuffle(batches)
     return batches
 

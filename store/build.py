@@ -10,6 +10,7 @@ path (the online-teacher comparison and ``store verify`` use it too).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -20,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.batching import budget_batches
 from pipeline.config import AnnotateConfig, CorpusConfig
 from pipeline.corpus import Sentence, corpus_splits, read_corpus
 from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
-from store.tensors import length_batches
 from store.writer import ShardSpec, StoreWriter
 
 OnBatch = Callable[[int, int], None]  # (sentences, words) annotated
@@ -103,7 +104,7 @@ def annotate_shard(teacher: Teacher, meta: TeacherMeta, spec: ShardSpec, sentenc
     """Rows of one shard in sentence order; batches are length-bucketed under ``batch_tokens`` words."""
     rows: list[dict | None] = [None] * len(sentences)
     lengths = np.array([len(s.tokens) for s in sentences])
-    for batch in length_batches(lengths, batch_tokens):
+    for batch in budget_batches(lengths, batch_tokens):
         for i, row in zip(batch, annotate_batch(teacher, meta, [sentences[i] for i in batch], options)):
             rows[i] = {**row, "shard": spec.id}
         if on_batch is not None:
@@ -162,8 +163,7 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
     ``on_plan(total sentences)``, ``on_batch(sentences, words)`` per annotated batch and
     ``on_skip(sentences)`` per shard kept from an earlier run.
     """
-    options = StoreOptions(k=cfg.k, tau=cfg.tau, dtype=cfg.dtype, tensors=cfg.tensors,
-                           prune=cfg.prune, shard_size=cfg.shard_size)
+    options = StoreOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StoreOptions)})
     with StoreWriter(cfg.out, options, mix_teachers=cfg.mix_teachers) as writer:
         work = read_all(cfg)
         loaded: dict[str, Any] = {}

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.batching import pack
 from pipeline.kd.types import TeacherTargets
 from store.checks import check_store, open_checked, verify_files
 from store.frame import list_column
@@ -70,22 +71,6 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-
-def pack(lengths: list[int], budget: int, max_sentences: int | None = None) -> list[list[int]]:
-    """Consecutive index runs of ``lengths`` (sorted ascending) with ``rows * longest <= budget``
-    and at most ``max_sentences`` rows; a sentence longer than the budget is a batch of its own."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i, length in enumerate(lengths):
-        full = max_sentences is not None and len(current) >= max_sentences
-        if current and ((len(current) + 1) * length > budget or full):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 class StoreStream(IterableDataset):

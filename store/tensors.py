@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.batching import budget_batches
 from pipeline.structs import Structure
 from pipeline.teaching import stored_structure, teacher_targets
 from store.schema import TeacherMeta
@@ -20,21 +21,6 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
 def edge_offsets(offsets: np.ndarray) -> np.ndarray:
     """Offsets into the flat edge array: a sentence of length L has L - 1 edge rows."""
     return offsets - np.arange(len(offsets), dtype=np.int64)
-
-
-def length_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
-    """Indices grouped by length (longest first) so that rows * longest <= budget (>= 1 row each)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, current = [], []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * longest > budget:
-            batches.append(np.array(current))
-            current = []
-        current.append(i)
-    if current:
-        batches.append(np.array(current))
-    return batches
 
 
 def pad(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +55,7 @@ def recompute(teacher: TeacherMeta, emissions: np.ndarray, offsets: np.ndarray, 
         out["viterbi"] = np.zeros(int(offsets[-1]), dtype=np.int64)
         out["kbest_logprob"] = np.zeros((len(lengths), k), dtype=np.float32)
     with torch.inference_mode():
-        for rows in length_batches(lengths, budget):
+        for rows in budget_batches(lengths, budget):
             padded, mask = pad(emissions, offsets, rows)
             structure = teacher_structure(teacher, padded, mask)
             if k is None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pipeline import crf
-from pipeline.potentials import Constraints
+from pipeline.potentials import NEG_INF, Constraints
 from pipeline.structs.base import Structure
 from pipeline.structs.chain import ChainCRF
 from pipeline.structs.ops import weighted
@@ -52,7 +52,7 @@ class Factorized(Structure):
         return torch.logsumexp(self.parts["node"], -1).masked_fill(~self.mask, 0.0).sum(1)
 
     def _compute_log_marginals(self, names: tuple[str, ...]) -> dict[str, Tensor]:
-        return {"node": self.log_softmax.masked_fill(~self.mask.unsqueeze(-1), float("-inf"))}
+        return {"node": self.log_softmax.masked_fill(~self.mask.unsqueeze(-1), NEG_INF)}
 
     def expected_score(self, marginals: dict[str, Tensor]) -> Tensor:
         node = marginals["node"].float().masked_fill(~self.mask.unsqueeze(-1), 0.0)
