@@ -10,6 +10,7 @@ path (the online-teacher comparison and ``store verify`` use it too).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,6 +24,7 @@ import torch
 
 from pipeline.batching import budget_batches
 from pipeline.config import AnnotateConfig, CorpusConfig
+from pipeline.dist import World, broadcast, device_for, first_error, init, world_from_env
 from pipeline.corpus import Sentence, corpus_splits, read_corpus
 from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
@@ -155,37 +157,87 @@ def plan_shards(work, metas: dict[str, TeacherMeta],
 
 def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = None,
                 on_batch: OnBatch | None = None, on_skip: Callable[[int], None] | None = None,
-                on_plan: Callable[[int], None] | None = None) -> dict:
+                on_plan: Callable[[int], None] | None = None, world: World | None = None) -> dict:
     """Annotate every corpus split of ``cfg`` into the store ``cfg.out``; returns the manifest.
 
     ``teachers`` (language -> loaded teacher) replaces loading the ``cfg.teachers`` model folders
-    (tests, benchmarks, teachers built in Python). Progress callbacks:
-    ``on_plan(total sentences)``, ``on_batch(sentences, words)`` per annotated batch and
+    (tests, benchmarks, teachers built in Python). Progress callbacks (rank 0 only under torchrun):
+    ``on_plan(sentences of this rank)``, ``on_batch(sentences, words)`` per annotated batch and
     ``on_skip(sentences)`` per shard kept from an earlier run.
+
+    Under torchrun (``world``, read from the environment when None) every rank reads the corpora and
+    makes the same deterministic plan; rank 0 holds the store's lock, registers the teachers and
+    records the plan; rank r annotates and commits shards r, r + N, r + 2N, ... (each shard is
+    written by exactly one process, atomically); after a barrier rank 0 finalizes the manifest. The
+    store is the one a single process writes (same rows, same array bytes); a killed rank leaves its
+    committed shards, and a rerun resumes. A second job on the store is refused by the lock.
     """
+    world = world or world_from_env()
     options = StoreOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StoreOptions)})
-    with StoreWriter(cfg.out, options, mix_teachers=cfg.mix_teachers) as writer:
-        work = read_all(cfg)
-        loaded: dict[str, Any] = {}
-        metas: dict[str, TeacherMeta] = {}
-        for lang in sorted({corpus.lang for corpus, _, _ in work}):
-            folder = cfg.teachers.get(lang, f"teacher-{lang}")
-            loaded[lang] = (teachers or {}).get(lang) or load_teacher(folder, cfg.device)
-            probe = next(sents[0].tokens for corpus, _, sents in work if corpus.lang == lang)
-            meta = teacher_meta(loaded[lang], lang, folder, probe, options)
-            meta.id = writer.add_teacher(meta)
-            metas[lang] = meta
+    device = device_for(world, cfg.device)
+    init(world, device)
+    main = StoreWriter(cfg.out, options, mix_teachers=cfg.mix_teachers) if world.is_main else None
+    with main if main is not None else contextlib.nullcontext():
+        error = None
+        try:
+            work = read_all(cfg)
+            metas, loaded = {}, {}
+            for lang in sorted({corpus.lang for corpus, _, _ in work}):
+                folder = cfg.teachers.get(lang, f"teacher-{lang}")
+                loaded[lang] = (teachers or {}).get(lang) or load_teacher(folder, str(device))
+                probe = next(sents[0].tokens for corpus, _, sents in work if corpus.lang == lang)
+                metas[lang] = teacher_meta(loaded[lang], lang, folder, probe, options)
+                if main is not None:
+                    metas[lang].id = main.add_teacher(metas[lang])
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then raised
+            error = err
+        _raise_shared(world, error)
+        ids = broadcast(world, {lang: meta.id for lang, meta in metas.items()})
+        for lang, meta in metas.items():
+            meta.id = ids[lang]
         plan = plan_shards(work, metas, options.shard_size)
-        writer.begin([spec for spec, _ in plan])
-        if on_plan is not None:
-            on_plan(sum(spec.rows for spec, _ in plan))
-        with torch.inference_mode():
-            for spec, part in plan:
-                if writer.is_complete(spec):
-                    if on_skip is not None:
-                        on_skip(spec.rows)
-                    continue
-                rows = annotate_shard(loaded[spec.lang], metas[spec.lang], spec, part, options,
-                                      cfg.batch_tokens, on_batch)
-                writer.write_shard(spec, rows)
-        return writer.finalize([spec for spec, _ in plan])
+        error = None
+        try:
+            if main is not None:
+                main.begin([spec for spec, _ in plan])
+        except Exception as err:  # noqa: BLE001
+            error = err
+        _raise_shared(world, error)
+        writer = main or StoreWriter.attach(cfg.out, options, {m.id: m for m in metas.values()})
+        mine = plan[world.rank::world.size]
+        if on_plan is not None and world.is_main:
+            on_plan(sum(spec.rows for spec, _ in mine))
+        error = None
+        try:
+            with torch.inference_mode():
+                for spec, part in mine:
+                    if writer.is_complete(spec):
+                        if on_skip is not None and world.is_main:
+                            on_skip(spec.rows)
+                        continue
+                    rows = annotate_shard(loaded[spec.lang], metas[spec.lang], spec, part, options,
+                                          cfg.batch_tokens, on_batch if world.is_main else None)
+                    writer.write_shard(spec, rows)
+        except Exception as err:  # noqa: BLE001
+            error = err
+        _raise_shared(world, error)
+        manifest = None
+        if main is not None:
+            for spec, _ in plan:
+                if spec.id not in main.done:
+                    main.is_complete(spec)  # another rank's committed shard
+            manifest = main.finalize([spec for spec, _ in plan])
+        return broadcast(world, manifest)
+
+
+def _raise_shared(world: World, error: BaseException | None) -> None:
+    """Raise ``error`` here, or any other rank's error as a StoreError, on every rank alike."""
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return
+    message = first_error(world, error)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise StoreError(f"another rank failed: {message}")

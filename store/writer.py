@@ -87,6 +87,17 @@ class StoreWriter:
         self.teachers: dict[str, TeacherMeta] = {}  # id -> meta of the teachers added by this run
         self.done: dict[str, dict] = {}
 
+    @classmethod
+    def attach(cls, path: str | os.PathLike, options: StoreOptions,
+               teachers: dict[str, TeacherMeta]) -> StoreWriter:
+        """A shard writer for a process of a torchrun job whose rank 0 holds the lock (an open
+        StoreWriter that registered ``teachers`` and began the plan): it writes and commits its own
+        shards only; the manifest, the teachers and ``finalize`` stay rank 0's."""
+        writer = cls(path, options)
+        writer.manifest = read_manifest(writer.root) or {"shards": {}}
+        writer.teachers = dict(teachers)
+        return writer
+
     @contextmanager
     def _io(self, what: str):
         """A failing file operation (disk full, permissions) as one StoreError naming the store."""
