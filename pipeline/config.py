@@ -225,6 +225,7 @@ class AnnotateConfig:
     prune: float = 0.0  # tensors=full: stored probabilities below this are zeroed
     tau: float = 1.0  # temperature the stored marginals and k-best log-probs were computed at
     device: str = "auto"
+    precision: str = "auto"  # teacher forward: auto | fp32 | bf16 | fp16 (pipeline/precision.py)
     mix_teachers: bool = False  # allow adding a teacher with another fingerprint to an existing store
 
 
@@ -256,6 +257,7 @@ class DistillConfig:
     shuffle_buffer: int = 2048
     workers: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (pipeline/precision.py; DPs stay fp32)
     out: str = "runs/student"
     online_teacher: str | None = None  # comparison only: compute KD targets by running this teacher
 
@@ -377,8 +379,10 @@ RULES: dict[tuple[type, str], Any] = {
     (DistillConfig, "shuffle_buffer"): _AT_LEAST_1,
     (DistillConfig, "workers"): _AT_LEAST_0,
     (DistillConfig, "device"): _DEVICE,
+    (DistillConfig, "precision"): OneOf("auto", "fp32", "bf16", "fp16"),
+    (AnnotateConfig, "precision"): OneOf("auto", "fp32", "bf16", "fp16"),
     (EvaluateConfig, "methods"): Each(),
-    (EvaluateConfig, "splits"): Each(OneOf(*SPLITS)),
+    (EvaluateConfig, "splits"): Each(OneOf("train", "dev", "test")),  # labeled splits only
     (EvaluateConfig, "batch_size"): _AT_LEAST_1,
     (EvaluateConfig, "device"): _DEVICE,
     (ReportConfig, "methods"): Each(),

@@ -12,6 +12,7 @@ teacher-output store) know nothing of each other; ``Distiller`` wires them on th
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -27,19 +28,22 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import DistillConfig, KDConfig, to_dict
 from pipeline.decoders import DECODERS
+from pipeline.dist import World, barrier, broadcast, device_for, init, world_from_env
 from pipeline.kd import build_objective, check_schedule, combine, lambda_for, nll
 from pipeline.kd.registry import objective_options
 from pipeline.loop import Loop, Step
 from pipeline.metrics import evaluate_groups, main_score
+from pipeline.precision import autocast, grad_scaler
 from pipeline.tagger import Tagger, build_tagger
-from pipeline.trainer import param_groups, predict, resolve_device, seed_everything, warmup_linear
+from pipeline.trainer import param_groups, predict, seed_everything, warmup_linear
 
 EVAL_BATCH = 64
 
 
 @dataclass
 class DistillData:
-    """What distillation reads. ``stream(fields, featurize)`` gives an iterable dataset of batches
+    """What distillation reads. ``stream(fields, featurize, world)`` gives this rank's iterable
+    dataset of batches
     (``tokens``, ``teacher`` TeacherTargets with ``fields``, ``mask``, ``hard``, ``has_gold``,
     ``sids``, ``features`` = ``featurize(tokens)`` computed in the loader workers) with
     ``set_epoch(epoch)`` and ``sentences`` (per epoch); ``dev`` / ``test`` rows hold ``tokens``,
@@ -49,7 +53,7 @@ class DistillData:
     labels: list[str]
     scheme: str
     teacher_kinds: frozenset[str]
-    stream: Callable[[tuple[str, ...], Callable | None], Any]
+    stream: Callable[[tuple[str, ...], Callable | None, World], Any]
     dev: list[dict]
     test: list[dict]
     vocab: Callable[[], list[list[str]]]
@@ -94,13 +98,39 @@ def evaluate(student: Tagger, rows: list[dict], scheme: str) -> dict:
             for group, metrics in result.items()}
 
 
-class Distiller:
-    """One distillation run (see ``distill``); attributes hold the wired-up parts for inspection."""
+class Trainable(torch.nn.Module):
+    """The student and the objective (its parameters: multigrained's learned weights) as one module,
+    whose forward is a training step's loss: what DistributedDataParallel wraps."""
 
-    def __init__(self, cfg: DistillConfig, data: DistillData, console: Console | None = None):
+    def __init__(self, student: Tagger, objective: torch.nn.Module, normalize: str):
+        super().__init__()
+        self.student, self.objective, self.normalize = student, objective, normalize
+
+    def forward(self, features, tokens, targets, hard, lam: float):
+        structure = self.student(features) if features is not None else self.student.structure(tokens)
+        if structure.mask.shape != hard.shape:
+            raise RuntimeError(f"student mask {tuple(structure.mask.shape)} != batch mask {tuple(hard.shape)}")
+        kd = self.objective(structure, targets, hard) if lam > 0 else None
+        gold = nll(structure, hard) if lam < 1 else None
+        return combine(kd, gold, lam, structure.mask, self.normalize)
+
+
+class Distiller:
+    """One distillation run (see ``distill``); attributes hold the wired-up parts for inspection.
+
+    Under torchrun (RANK / WORLD_SIZE in the environment) every rank trains on its own part of the
+    shards (re-dealt each epoch) with DistributedDataParallel (gloo on CPUs, nccl on GPUs); uneven
+    parts are handled by ``Join``; rank 0 evaluates, and its dev score, broadcast, drives early
+    stopping on every rank; rank 0 writes the model and metrics. Same seed and world size, same model.
+    """
+
+    def __init__(self, cfg: DistillConfig, data: DistillData, console: Console | None = None,
+                 world: World | None = None):
         self.cfg, self.data, self.console = cfg, data, console or Console(stderr=True)
+        self.world = world or world_from_env()
         seed_everything(cfg.optim.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = device_for(self.world, cfg.device)
+        init(self.world, self.device)
         self.labels, self.scheme = data.labels, data.scheme
         self.objective = build_kd_objective(cfg.kd).to(self.device)
         vocab = data.vocab() if cfg.model.encoder.kind == "bilstm" else None
@@ -111,7 +141,7 @@ class Distiller:
                              f"students, not a {cfg.model.decoder.kind} ({kind}) student")
         self.fields = self.objective.needs_for(kind, data.teacher_kinds)
         self.online = data.online(self.fields) if data.online else None
-        self.stream = data.stream(() if self.online else self.fields, self.student.featurize)
+        self.stream = data.stream(() if self.online else self.fields, self.student.featurize, self.world)
         if not self.stream.sentences:
             raise ValueError(f"{cfg.store}: no sentences to train on")
         cuda = self.device.type == "cuda"
@@ -121,13 +151,24 @@ class Distiller:
         if extra:
             groups.append({"params": extra, "lr": cfg.optim.head_lr or cfg.optim.lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
-        total = cfg.optim.epochs * self.stream.sentences
+        self.trainable = Trainable(self.student, self.objective, cfg.kd.normalize)
+        self.model = self.trainable
+        join = contextlib.nullcontext
+        if self.world.distributed:
+            from torch.distributed.algorithms.join import Join
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.trainable, device_ids=ids, find_unused_parameters=True)
+            join = lambda: Join([self.model])  # noqa: E731
+        total = cfg.optim.epochs * self.stream.sentences  # sentences of all ranks
         lr = warmup_linear(total, cfg.optim.warmup)
         finale = cfg.optim.epochs - 1 if cfg.kd.schedule == "kd_then_nll" and cfg.kd.method != "none" else None
-        self.loop = Loop(self.student, self.optimizer, cfg.optim, self._batches, self._step,
-                         lambda steps, seen: lr(seen), self._evaluate, total,
-                         description=f"distill {cfg.kd.method}", finale=finale, on_epoch=self._report,
-                         sync=self._sync)
+        self.loop = Loop(self.trainable, self.optimizer, cfg.optim, self._batches, self._step,
+                         lambda steps, seen: lr(seen * self.world.size), self._evaluate,
+                         total // self.world.size, description=f"distill {cfg.kd.method}", finale=finale,
+                         on_epoch=self._report if self.world.is_main else None, sync=self._sync,
+                         scaler=grad_scaler(cfg.precision, self.device), join=join)
         for split, rows in (("dev", data.dev), ("test", data.test)):
             if not rows:
                 self.console.print(f"[yellow]warning:[/] {cfg.store} has no labeled {split} rows: no "
@@ -149,16 +190,9 @@ class Distiller:
         batch = batch.to(self.device, non_blocking=True)
         targets, hard = self.online(batch) if self.online else (batch.teacher, batch.hard)
         laps("teacher")
-        structure = (self.student(batch.features) if batch.features is not None
-                     else self.student.structure(batch.tokens))
-        if structure.mask.shape != batch.mask.shape:
-            raise RuntimeError(f"student mask {tuple(structure.mask.shape)} != batch mask "
-                               f"{tuple(batch.mask.shape)}")
+        with autocast(self.cfg.precision, self.device):
+            loss, parts = self.model(batch.features, batch.tokens, targets, hard, self.lam)
         laps("forward")
-        lam = self.lam
-        kd = self.objective(structure, targets, hard) if lam > 0 else None
-        gold = nll(structure, hard) if lam < 1 else None
-        loss, parts = combine(kd, gold, lam, structure.mask, self.cfg.kd.normalize)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.loop.steps} (method {self.cfg.kd.method}, "
                                      f"parts { {k: float(v) for k, v in parts.items()} }, "
@@ -167,10 +201,14 @@ class Distiller:
         return Step(loss, parts, len(batch.tokens), batch.words, batch.mask.numel())
 
     def _evaluate(self):
+        """Rank 0's dev score and metrics, the same on every rank (broadcast)."""
         if not self.data.dev:
             return None
-        dev = evaluate(self.student, self.data.dev, self.scheme)
-        return main_score(dev["all"]), dev
+        result = None
+        if self.world.is_main:
+            dev = evaluate(self.student, self.data.dev, self.scheme)
+            result = (main_score(dev["all"]), dev)
+        return broadcast(self.world, result)
 
     def _report(self, record: dict) -> None:
         record["dev_f1"] = record["dev_score"]
@@ -178,27 +216,33 @@ class Distiller:
                            f"dev {record['dev_f1']:.4f}, {record['wall_s']:.1f} s")
 
     def run(self, progress: bool) -> dict:
-        out = Path(self.cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        best = self.loop.run(progress, self.console)
-        test = evaluate(self.student, self.data.test, self.scheme) if self.data.test else None
-        metrics = self._metrics(best, test)
-        self.student.save(out / "model")
-        for path in (out / "metrics.json", out / "model" / "metrics.json"):
-            path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n",
-                            encoding="utf-8")
-        _write_csv(out / "epochs.csv", self.loop.records)
-        return metrics
+        """Train; rank 0 evaluates on test and writes ``cfg.out`` (model/, metrics.json, epochs.csv);
+        every rank returns the metrics."""
+        best = self.loop.run(progress and self.world.is_main, self.console)
+        metrics = None
+        if self.world.is_main:
+            out = Path(self.cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            test = evaluate(self.student, self.data.test, self.scheme) if self.data.test else None
+            metrics = self._metrics(best, test)
+            self.student.save(out / "model")
+            for path in (out / "metrics.json", out / "model" / "metrics.json"):
+                path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n",
+                                encoding="utf-8")
+            _write_csv(out / "epochs.csv", self.loop.records)
+        barrier(self.world)
+        return broadcast(self.world, metrics)
 
     def _metrics(self, best: dict, test: dict | None) -> dict:
         cfg, records = self.cfg, self.loop.records
         return {
             "name": cfg.name, "method": cfg.kd.method, "store": cfg.store,
             "online_teacher": cfg.online_teacher,
-            "device": str(self.device), "labels": self.labels, "scheme": self.scheme, **self.data.info,
+            "device": str(self.device), "world_size": self.world.size, "precision": self.cfg.precision,
+            "labels": self.labels, "scheme": self.scheme, **self.data.info,
             "student": {"encoder": cfg.model.encoder.kind, "decoder": cfg.model.decoder.kind,
                         "parameters": sum(p.numel() for p in self.student.parameters())},
-            "train_sentences": self.stream.sentences, "steps": self.loop.steps,
+            "train_sentences": self.stream.sentences, "steps": self.loop.steps,  # rank 0's steps
             "epochs": len(records), "best_epoch": best["epoch"], "dev": best["dev"], "test": test,
             "epoch_seconds": [round(r["wall_s"], 3) for r in records],
             "padding_efficiency": records[-1]["padding_efficiency"] if records else None,

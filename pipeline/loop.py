@@ -8,6 +8,7 @@ a batch) and what an epoch feeds (its batches) are the caller's.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -65,7 +66,11 @@ class Loop:
     ``evaluate() -> (score, metrics)`` or None (no dev set: the last weights are kept);
     ``lr_factor(step, seen_sentences)`` scales every group's ``base_lr``; ``finale``: index of an
     epoch that must run last whatever early stopping decides (run from the best weights so far),
-    or None. ``sync`` times the device (``torch.cuda.synchronize`` on a GPU).
+    or None. ``sync`` times the device (``torch.cuda.synchronize`` on a GPU). ``scaler``: a
+    GradScaler for fp16 training; ``join()``: the context an epoch's steps run in (DDP's ``Join``,
+    so that ranks with fewer batches never hang the others). Under DDP every rank runs the loop;
+    ``evaluate`` must return the same result on every rank (rank 0's, broadcast), so that early
+    stopping decides alike everywhere.
     """
 
     model: torch.nn.Module
@@ -80,6 +85,8 @@ class Loop:
     finale: int | None = None
     on_epoch: Callable[[dict], None] | None = None
     sync: Callable[[], float] = time.perf_counter
+    scaler: torch.amp.GradScaler | None = None
+    join: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     steps: int = 0
     seen: int = 0
     records: list[dict] = field(default_factory=list)
@@ -100,33 +107,44 @@ class Loop:
         started, first_step = laps.last, self.steps
         sums: dict[str, float] = {}
         sentences = words = padded = 0
-        for batch in self.batches(epoch):
-            laps("data")
-            out = self.step(batch, epoch, laps)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"non-finite loss at step {self.steps} "
-                                         f"(parts { {k: float(v) for k, v in out.parts.items()} })")
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if self.optim.grad_clip and self.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
-            factor = self.lr_factor(self.steps, self.seen)
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            self.optimizer.step()
-            laps("backward")
-            self.steps, self.seen, sentences = self.steps + 1, self.seen + out.size, sentences + out.size
-            words, padded = words + out.words, padded + out.padded
-            for name, value in out.parts.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * out.size
-            bar.update(task, advance=out.size, loss=float(out.parts.get("loss", out.loss.detach())),
-                       speed=sentences / max(laps.last - started, 1e-9))
-            if step_cap is not None and self.steps - first_step >= step_cap:
-                break
+        with self.join():
+            for batch in self.batches(epoch):
+                laps("data")
+                out = self.step(batch, epoch, laps)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(f"non-finite loss at step {self.steps} "
+                                             f"(parts { {k: float(v) for k, v in out.parts.items()} })")
+                self._update(out.loss)
+                laps("backward")
+                self.steps, self.seen, sentences = self.steps + 1, self.seen + out.size, sentences + out.size
+                words, padded = words + out.words, padded + out.padded
+                for name, value in out.parts.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * out.size
+                bar.update(task, advance=out.size, loss=float(out.parts.get("loss", out.loss.detach())),
+                           speed=sentences / max(laps.last - started, 1e-9))
+                if step_cap is not None and self.steps - first_step >= step_cap:
+                    break
         wall = self.sync() - started
         return {"epoch": epoch + 1, **{k: v / max(sentences, 1) for k, v in sums.items()},
                 "sentences": sentences, "words": words, "padding_efficiency": words / max(padded, 1),
                 "wall_s": wall, **{f"{name}_s": value for name, value in laps.times.items()}}
+
+    def _update(self, loss: Tensor) -> None:
+        """Backward, (unscale,) clip, set the learning rate, optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.optim.grad_clip and self.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
+        factor = self.lr_factor(self.steps, self.seen)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
 
     def _evaluate(self, record: dict) -> bool:
         """Evaluate on dev, track the best weights; True when this epoch is the best so far."""

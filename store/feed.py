@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 
 from pipeline.config import DistillConfig
+from pipeline.dist import World
 from pipeline.distiller import DistillData, Distiller
 from pipeline.kd.types import TeacherTargets
 from pipeline.tagger import Tagger
@@ -99,10 +100,11 @@ def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillDat
     splits = ["train"] + (["unlabeled"] if cfg.use_unlabeled and cfg.kd.method != "none" else [])
     kinds = frozenset("chain" if t.is_crf else "factorized" for t in store.teachers.values())
 
-    def stream(fields: tuple[str, ...], featurize) -> StoreStream:
+    def stream(fields: tuple[str, ...], featurize, world: World) -> StoreStream:
         return StoreStream(store, splits, fields=stream_fields(fields), k=cfg.kd.k,
                            batch_tokens=cfg.batch_tokens, shuffle_buffer=cfg.shuffle_buffer,
-                           seed=cfg.optim.seed, labels=labels, tau=cfg.kd.tau, featurize=featurize)
+                           seed=cfg.optim.seed, labels=labels, tau=cfg.kd.tau, featurize=featurize,
+                           rank=world.rank, world_size=world.size)
 
     def online(fields: tuple[str, ...]) -> OnlineTeacher:
         return OnlineTeacher(cfg.online_teacher, store, resolve_device(cfg.device), stream_fields(fields),

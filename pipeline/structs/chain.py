@@ -17,6 +17,7 @@ kernels run on those with no constraints argument.
 """
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 
 import torch
@@ -26,6 +27,18 @@ from pipeline import crf
 from pipeline.potentials import NEG_INF, Constraints
 from pipeline.structs.base import Structure
 from pipeline.structs.ops import weighted
+
+
+def fp32(method):
+    """Run a kernel-calling method with autocast off: the dynamic programs stay in fp32 under
+    mixed-precision training (autocast would run their batched matmuls in bf16 / fp16)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.autocast(device_type=self.mask.device.type, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _repeat(x: Tensor, k: int, shared_dims: int) -> Tensor:
@@ -70,9 +83,11 @@ class ChainCRF(Structure):
         p = self.parts
         return p["node"], p["edge"], self.mask, p["start"], p["end"]
 
+    @fp32
     def _log_partition(self) -> Tensor:
         return crf.log_partition(*self._args())
 
+    @fp32
     def _compute_log_marginals(self, names: tuple[str, ...]) -> dict[str, Tensor]:
         want_edge = "edge" in names
         node, edge, log_z = crf.forward_backward(*self._args(), edges=want_edge)
@@ -85,6 +100,7 @@ class ChainCRF(Structure):
             out["end"] = _last(node, self.lengths)
         return {name: out[name] for name in names}
 
+    @fp32
     def expected_score(self, marginals: dict[str, Tensor]) -> Tensor:
         """sum_u m(u) phi(u) [B]; ``marginals`` holds ``node`` and ``edge`` (start / end optional:
         taken from ``node`` when absent). Transitions are shared by all positions, so their
@@ -107,6 +123,7 @@ class ChainCRF(Structure):
     def store_marginals(self) -> dict[str, Tensor]:
         return self.marginals("node", "edge")
 
+    @fp32
     def score(self, y: Tensor) -> Tensor:
         """Unnormalized score of label paths y [B, L] -> [B], or y [B, K, L] -> [B, K] (one
         batched call over the B * K paths); -inf for a path that uses a forbidden factor."""
@@ -118,10 +135,12 @@ class ChainCRF(Structure):
                               mask.repeat_interleave(k, 0), _repeat(start, k, 1), _repeat(end, k, 1))
         return flat.view(batch, k)
 
+    @fp32
     def argmax(self) -> Tensor:
         """Viterbi path [B, L] long (0 at padding)."""
         return crf.viterbi(*self._args())[0]
 
+    @fp32
     def kbest(self, k: int) -> tuple[Tensor, Tensor]:
         """The exact k best paths [B, k, L] and their log-probs [B, k] (-inf for surplus rows)."""
         em, trans, mask, start, end = self._args()
