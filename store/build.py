@@ -17,7 +17,6 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ import torch
 from pipeline.batching import budget_batches
 from pipeline.config import AnnotateConfig, CorpusConfig
 from pipeline.dist import World, broadcast, device_for, first_error, init, world_from_env
+from pipeline.precision import autocast
 from pipeline.corpus import Sentence, corpus_splits, read_corpus
 from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
@@ -39,6 +39,13 @@ def load_teacher(folder: str, device: str = "auto") -> Teacher:
     from pipeline.trainer import resolve_device
 
     return Tagger.load(folder, resolve_device(device)).eval()
+
+
+def structure_device(teacher: Teacher) -> torch.device:
+    """The device a teacher runs on (its parameters'; the CPU for a teacher without any)."""
+    params = getattr(teacher, "parameters", None)
+    first = next(params(), None) if callable(params) else None
+    return first.device if first is not None else torch.device("cpu")
 
 
 def teacher_id(folder: str, fingerprint: str) -> str:
@@ -67,13 +74,15 @@ def input_sha256(sentences: list[Sentence]) -> str:
 
 
 def annotate_batch(teacher: Teacher, meta: TeacherMeta, sentences: list[Sentence],
-                   options: StoreOptions) -> list[dict]:
+                   options: StoreOptions, precision: str = "fp32") -> list[dict]:
     """Teacher outputs of one batch as per-sentence store rows (see StoreWriter.write_shard).
 
-    Emissions are rounded to the storage dtype first, so every stored quantity is exactly the one of
-    the stored potentials (store/README.md, "Precision")."""
+    The teacher's forward pass runs under ``precision`` (pipeline/precision.py; its dynamic programs
+    in fp32). Emissions are rounded to the storage dtype first, so every stored quantity is exactly
+    the one of the stored potentials (store/README.md, "Precision")."""
     tokens = [s.tokens for s in sentences]
-    structure = teacher.structure(tokens)
+    with autocast(precision, structure_device(teacher)):
+        structure = teacher.structure(tokens)
     lengths = [len(t) for t in tokens]
     if structure.mask.shape[0] != len(tokens) or structure.lengths.tolist() != lengths:
         raise StoreError(f"teacher {meta.id}: mask does not match the sentence lengths of the batch "
@@ -102,12 +111,14 @@ def annotate_batch(teacher: Teacher, meta: TeacherMeta, sentences: list[Sentence
 
 
 def annotate_shard(teacher: Teacher, meta: TeacherMeta, spec: ShardSpec, sentences: list[Sentence],
-                   options: StoreOptions, batch_tokens: int, on_batch: OnBatch | None = None) -> list[dict]:
+                   options: StoreOptions, batch_tokens: int, on_batch: OnBatch | None = None,
+                   precision: str = "fp32") -> list[dict]:
     """Rows of one shard in sentence order; batches are length-bucketed under ``batch_tokens`` words."""
     rows: list[dict | None] = [None] * len(sentences)
     lengths = np.array([len(s.tokens) for s in sentences])
     for batch in budget_batches(lengths, batch_tokens):
-        for i, row in zip(batch, annotate_batch(teacher, meta, [sentences[i] for i in batch], options)):
+        for i, row in zip(batch, annotate_batch(teacher, meta, [sentences[i] for i in batch], options,
+                                                precision)):
             rows[i] = {**row, "shard": spec.id}
         if on_batch is not None:
             on_batch(len(batch), int(lengths[batch].sum()))
@@ -216,7 +227,8 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
                             on_skip(spec.rows)
                         continue
                     rows = annotate_shard(loaded[spec.lang], metas[spec.lang], spec, part, options,
-                                          cfg.batch_tokens, on_batch if world.is_main else None)
+                                          cfg.batch_tokens, on_batch if world.is_main else None,
+                                          cfg.precision)
                     writer.write_shard(spec, rows)
         except Exception as err:  # noqa: BLE001
             error = err
