@@ -99,8 +99,9 @@ def _read_lines(path: str | Path) -> list[str]:
 
 
 def describe(chars: Iterable[str]) -> str:
-    """``U+FEFF (ZERO WIDTH NO-BREAK SPACE)``, ...: each distinct character once, in order."""
-    return ", ".join(f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+    """``U+FEFF (ZERO WIDTH NO-BREAK SPACE)``, ...: each distinct character once, in order
+    (characters without a name, such as controls, show their category: ``U+0000 (Cc)``)."""
+    return ", ".join(f"U+{ord(ch):04X} ({unicodedata.name(ch, '') or unicodedata.category(ch)})"
                      for ch in dict.fromkeys(chars))
 
 

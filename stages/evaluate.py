@@ -19,14 +19,24 @@ from store.files import atomic_json
 def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     """``{model: {"corpus/split": metrics}}`` for every model on every configured corpus split.
 
-    Every model folder and corpus file is checked before anything is loaded."""
+    Every model folder and corpus file is checked before anything is loaded; no models, no
+    corpora, or a corpus with none of the splits is refused (it would score nothing, silently)."""
     device = resolve_device(cfg.device)
     results: dict[str, dict] = {}
     models = {name: check_model_folder(folder, f"{section}.models.{name}")
               for name, folder in cfg.models.items()}
     models.update({m: check_model_folder(Path(cfg.runs_dir) / m / "model", f"{section}.methods.{m}")
                    for m in cfg.methods})
+    if not models:
+        raise ConfigError(f"{section}: no models to score (models: and methods: are empty; "
+                          "or give --model NAME=FOLDER)")
+    if not cfg.corpora:
+        raise ConfigError(f"{section}.corpora: no corpus to score the models on")
     check_corpora(cfg.corpora, f"{section}.corpora")
+    for i, corpus in enumerate(cfg.corpora):
+        if not set(cfg.splits) & set(corpus_splits(corpus)):
+            raise ConfigError(f"{section}.corpora[{i}]: corpus {corpus.name!r} has none of the "
+                              f"splits {cfg.splits} (it has {corpus_splits(corpus)})")
     data = [(corpus, split, read_corpus(corpus, split)) for corpus in cfg.corpora  # read once
             for split in cfg.splits if split in corpus_splits(corpus)]
     for name, folder in models.items():

@@ -8,6 +8,7 @@ import typer
 
 from pipeline.config import PrepareConfig
 from pipeline.corpus import check_corpora, corpus_splits, read_corpus
+from pipeline.errors import ConfigError
 from pipeline.schemes import detect_scheme
 from stages.common import console, load_config, params_file
 from store.files import atomic_json
@@ -19,6 +20,8 @@ def summarize(cfg: PrepareConfig, section: str = "prepare") -> dict:
     Reading is the validation: corpus names must be unique and every file present
     (``check_corpora``), and a malformed file raises an error naming the file and line.
     """
+    if not cfg.corpora:
+        raise ConfigError(f"{section}.corpora: no corpora to prepare")
     check_corpora(cfg.corpora, f"{section}.corpora")
     summary: dict[str, dict] = {}
     for corpus in cfg.corpora:

@@ -147,6 +147,21 @@ def test_missing_dev_split_and_model_folders(tmp_path):
     one_line_error(result, 1, "--model", "no config.json")
 
 
+def test_stages_with_nothing_to_do_refuse(tmp_path):
+    one_line_error(run(tmp_path, {"prepare": {"corpora": []}}, "prepare"), 2,
+                   "prepare.corpora: no corpora to prepare")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    one_line_error(run(tmp_path, {"evaluate": {"corpora": [corpus(tmp_path)]}}, "evaluate"), 2,
+                   "evaluate: no models to score")
+    one_line_error(run(tmp_path, {"evaluate": {"models": {"m": str(model)}}}, "evaluate"), 2,
+                   "evaluate.corpora: no corpus to score the models on")
+    params = {"evaluate": {"models": {"m": str(model)}, "corpora": [corpus(tmp_path)]}}
+    one_line_error(run(tmp_path, params, "evaluate"), 2, "evaluate.corpora[0]: corpus 'c' has none "
+                   "of the splits ['test'] (it has ['dev', 'train'])")
+
+
 def test_report_without_an_evaluation(tmp_path):
     params = {"report": {"evaluate": str(tmp_path / "eval.json")}, "methods": ["none"]}
     one_line_error(run(tmp_path, params, "report"), 1, f"{tmp_path / 'eval.json'} does not exist",
