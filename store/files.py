@@ -296,12 +296,13 @@ def read_manifest(root: Path) -> dict | None:
 
 def _own_leftover(entry: Path) -> bool:
     """Whether a top-level entry of a folder without manifest is one a structkd writer leaves there
-    before its first manifest: its lock, a temporary manifest, a broken lock on its way out."""
+    before its first manifest: its lock record, a temporary manifest, a broken lock on its way out.
+    (An empty ``.lock`` is not counted: it may be anyone's, and an old one would be taken over.)"""
     if entry.is_symlink() or not entry.is_file():
         return False
     if entry.name == LOCK_FILE:
         with open(entry, "rb") as fh:
-            return is_lock_bytes(fh.read(4096))
+            return parse_lock(fh.read(4096)) is not None
     return bool(OWN_TEMP.fullmatch(entry.name))
 
 

@@ -30,7 +30,6 @@ VERIFIED = 1  # version of the invariants StoreWriter.write_shard checks; record
 # The writer's own temporary names (atomic_json's temporary file, a broken lock on its way out):
 # the only files in a store it removes without a record naming them.
 OWN_TEMP = re.compile(r"\.(manifest\.json\.tmp|lock\.stale)-[0-9]+")
-OWN_MARKER_TEMP = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_.-]*\.json\.tmp-[0-9]+")
 
 # Zarr arrays of one shard group: token-major flat arrays + int64 offsets (row i = [off[i], off[i+1])).
 TOKEN_OFFSETS = "offsets"  # [n + 1] into emissions / node rows
@@ -40,6 +39,7 @@ TEACHER_ARRAYS = ("transitions", "start", "end", "allowed_transitions", "allowed
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _SHARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]+\.[0-9]{5,}")
+OWN_MARKER_TEMP = re.compile(rf"\.{_SHARD.pattern}\.json\.tmp-[0-9]+")  # a marker's atomic_json
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -98,10 +98,6 @@ def shard_id(teacher: str, corpus: str, split: str, chunk: int) -> str:
 
 def is_shard_id(value: str) -> bool:
     return isinstance(value, str) and bool(_SHARD.fullmatch(value))
-
-
-def is_name(value: str) -> bool:
-    return isinstance(value, str) and bool(_NAME.fullmatch(value))
 
 
 def check_shard_id(value: str) -> str:

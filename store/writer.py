@@ -30,7 +30,7 @@ from store.frame import shard_table
 from store.schema import (DIGEST, EDGE_OFFSETS, FORMAT, MANIFEST, MARKER_DIR, OWN_MARKER_TEMP, OWN_TEMP,
                           SCHEMA_VERSION, SPLITS, STORED_ARRAYS, TABLE_DIR, TEACHER_ARRAYS, TEACHER_DIR,
                           TENSOR_DIR, TMP_DIR, TOKEN_OFFSETS, VERIFIED, StoreError, StoreOptions,
-                          StoreWarning, TeacherMeta, is_name, is_shard_id, manifest_digest, manifest_state,
+                          StoreWarning, TeacherMeta, is_shard_id, manifest_digest, manifest_state,
                           marker_path, shard_id, table_path, teacher_entry_problems, teacher_path,
                           tensor_path)
 from store.tensors import edge_offsets, offsets_of
@@ -107,13 +107,13 @@ class StoreWriter:
             raise StoreError(f"{self.root}: {what}: {err}") from None
 
     def __enter__(self) -> StoreWriter:
-        check_folder(self.root)
         with self._io("cannot create the store folder or its lock"):
+            check_folder(self.root)
             self.root.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
         try:
-            check_folder(self.root)  # again under the lock: the folder may have changed meanwhile
             with self._io("cannot open the store"):
+                check_folder(self.root)  # again under the lock: the folder may have changed meanwhile
                 self._open()
         except BaseException:
             self.lock.release()
@@ -150,9 +150,8 @@ class StoreWriter:
                 leftover.unlink()
         for sub in SUBDIRS:
             (self.root / sub).mkdir(exist_ok=True)
-        for scratch in (self.root / TMP_DIR).iterdir():
-            name = scratch.name.removesuffix(".zarr")
-            if is_shard_id(scratch.name) or (name != scratch.name and is_name(name)):
+        for scratch in (self.root / TMP_DIR).iterdir():  # a killed writer's; add_teacher clears others
+            if is_shard_id(scratch.name) or scratch.name.removesuffix(".zarr") in self.manifest["teachers"]:
                 remove_scratch(scratch)
         for temp in (self.root / MARKER_DIR).iterdir():
             if OWN_MARKER_TEMP.fullmatch(temp.name) and not temp.is_dir():

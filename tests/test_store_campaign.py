@@ -86,7 +86,8 @@ def _plant(rng: random.Random, store: Path, shards: list[str], tid: str) -> None
     shard = rng.choice(shards)
     places = ["notes.txt", "table/mine.csv", f"table/{shard}.parquet.bak", "tensors/mine.zarr/zarr.json",
               f"shards/{shard[:-5]}99999.json", "shards/readme.json", "teachers/notes.md", ".tmp/draft",
-              f"tensors/{shard}.zarr/mine.txt", f"teachers/{tid}.zarr/mine.txt", ".tmp/sub/x"]
+              f"tensors/{shard}.zarr/mine.txt", f"teachers/{tid}.zarr/mine.txt", ".tmp/sub/x",
+              ".tmp/mine.zarr/x", "shards/.notes.json.tmp-1", ".lock.stale-x"]
     for rel in rng.sample(places, rng.randint(1, 4)):
         (store / rel).parent.mkdir(parents=True, exist_ok=True)
         (store / rel).write_bytes(rng.randbytes(rng.randint(1, 20)))

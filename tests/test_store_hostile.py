@@ -91,7 +91,8 @@ def user_folder(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("files", [
     USER_FOLDERS, {"notes.txt": b"x"}, {".hidden": b""}, {".tmp/x": b"1"}, {"table/x.parquet": b"y"},
-    {".lock": b"my own lock file"}, {".lock": b"", "a/b/c": b"deep"}, {"manifest.json.bak": b"{}"},
+    {".lock": b"my own lock file"}, {".lock": b""}, {".lock": b"", "a/b/c": b"deep"},
+    {"manifest.json.bak": b"{}"},
     {"manifest.json": b'{"name": "my web app"}'}, {"manifest.json": b"not json"}, {"manifest.json": b"[1]"},
 ], ids=lambda f: ",".join(f))
 def test_a_folder_that_is_not_a_store_is_refused_and_left_as_it_was(tmp_path, files):
@@ -139,7 +140,8 @@ def test_user_files_inside_a_store_survive_resume_rewrite_and_drop(clean, tmp_pa
     planted = {"notes.txt": b"n", "table/mine.csv": b"a,b", f"table/{first}.parquet.bak": b"old",
                "tensors/mine.zarr/zarr.json": b"{}", "shards/mine.json": b'{"spec": 1}',
                f"shards/{first[:-5]}99999.json": b"not json", "teachers/notes.md": b"#",
-               ".tmp/draft.txt": b"draft", ".tmp/sub/x": b"x"}
+               ".tmp/draft.txt": b"draft", ".tmp/sub/x": b"x", ".tmp/mine.zarr/x": b"z",
+               "shards/.notes.json.tmp-1": b"t"}
     for rel, data in planted.items():
         (store / rel).parent.mkdir(parents=True, exist_ok=True)
         (store / rel).write_bytes(data)
