@@ -32,7 +32,7 @@ import torch
 
 from pipeline.config import DecoderConfig, DistillConfig, EncoderConfig, KDConfig, ModelConfig, OptimConfig
 from pipeline.distiller import distill
-from stages.annotate import run_annotate
+from store.build import build_store
 from store import StoreError, verify_store
 from tests.store_fakes import FakeTeacher, config
 
@@ -54,7 +54,7 @@ def category(rel: str) -> str:
 
 def build(work: Path) -> Path:
     cfg = config(work / "data", out=work / "clean", sizes={"train": 40, "dev": 10, "test": 10}, unlabeled=8)
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     return work / "clean"
 
 

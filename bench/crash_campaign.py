@@ -5,17 +5,19 @@
 Each kill trial starts an instrumented annotate (FakeTeacher, 50 + 14 labeled and 10 raw sentences,
 11 shards) in a child process on a fresh store. The child announces every step it takes on stdout
 and pauses ``--pause`` seconds around it: a teacher batch (phase ``compute``), each file operation
-of a shard commit (``shard``: Zarr and Parquet writes under .tmp, fsyncs, removal of the old shard,
-renames, the completion marker) and of a manifest update (``manifest``: the atomic JSON write, the
-removal of stray files in finalize). Trial i targets phase i mod 3 at a step drawn at random
-(without replacement) among that phase's steps of an uninterrupted instrumented run, waits a random
-part of the pause after the child announces it, and sends SIGKILL. The store is then resumed
-in-process (plain ``run_annotate``) and compared with an uninterrupted reference run: manifest (every
+of a shard commit (``shard``: Zarr and Parquet writes under .tmp, fsyncs, the intent marker, removal
+of the old shard's files, renames, the completion marker), of a manifest update (``manifest``: the
+atomic JSON write, the removal of dropped shards' files in finalize) and of the teacher's commit
+(``teacher``, targeted only with ``--phases``). Trial i targets the phases in turn (compute, shard,
+manifest by default), at a step drawn at random (without replacement) among that phase's steps of an
+uninterrupted instrumented run, waits a random part of the pause after the child announces it, and
+sends SIGKILL. The store is then resumed
+in-process (plain ``build_store``) and compared with an uninterrupted reference run: manifest (every
 file's sha256), table rows, array bytes, the set of files, and the sentence ids (lost = expected but
 absent, duplicated = extra rows).
 
 Each race starts two annotate processes on one fresh store; both import, report ready, and call
-``run_annotate`` when the parent releases them together: exactly one must win the lock, the other
+``build_store`` when the parent releases them together: exactly one must win the lock, the other
 must stop with a StoreLockedError naming the holder, and the store must verify and equal the
 reference.
 """
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # tests.store_fakes: the deterministic FakeTeache
 
 import pandas as pd
 
-from stages.annotate import run_annotate
+from store.build import build_store
 from store import StoreLockedError, open_store, verify_store
 from tests.store_fakes import FakeTeacher, config
 
@@ -67,7 +69,7 @@ def instrument(pause: float) -> None:
     """Make every annotate step announce itself (``seq phase op`` on stdout) and pause around it."""
     import pyarrow.parquet as pq
 
-    from stages import annotate
+    from store import build as annotate
     from store import files, writer
     state = {"seq": 0, "phase": "setup"}
 
@@ -95,9 +97,8 @@ def instrument(pause: float) -> None:
     cls.add_teacher = phase("teacher", cls.add_teacher)
     cls._save_manifest = phase("manifest", step("save_manifest", cls._save_manifest))
     cls.finalize = phase("manifest", cls.finalize)
-    cls._remove = step("remove_old_shard", cls._remove)
-    cls._remove_strays = step("remove_strays", cls._remove_strays)
-    for name in ("_write_arrays", "fsync_tree", "fsync_dir", "atomic_json"):
+    cls._remove_unlisted = step("remove_dropped", cls._remove_unlisted)
+    for name in ("write_arrays", "remove_named", "fsync_tree", "fsync_dir", "atomic_json"):
         setattr(writer, name, step(name, getattr(writer, name)))
     writer.pq = _Proxy(pq, ("write_table",), step)
     writer.os = _Proxy(os, ("rename",), step)
@@ -114,7 +115,7 @@ def child(args: argparse.Namespace) -> None:
         print("READY", flush=True)
         sys.stdin.readline()
     try:
-        run_annotate(cfg, progress=False, teachers={"en": FakeTeacher(delay=args.pause)})
+        build_store(cfg, teachers={"en": FakeTeacher(delay=args.pause)})
     except StoreLockedError as err:
         print(f"LOCKED {err}", flush=True)
         sys.exit(3)
@@ -169,14 +170,15 @@ def sentence_counts(expected: list[str], store: Path) -> tuple[int, int]:
     return lost, duplicated
 
 
-def kill_steps(steps: list[tuple[str, str]], kills: int, rng: random.Random) -> list[int]:
-    """The step of each trial: trial i in phase ``PHASES[i % 3]``, distinct steps within a phase
-    (drawn without replacement while the phase has steps left)."""
+def kill_steps(steps: list[tuple[str, str]], kills: int, rng: random.Random,
+               phases: tuple[str, ...] = PHASES) -> list[int]:
+    """The step of each trial: trial i in phase ``phases[i % len(phases)]``, distinct steps within a
+    phase (drawn without replacement while the phase has steps left)."""
     picks = {}
-    for phase in PHASES:
+    for phase in phases:
         candidates = [n for n, (p, _) in enumerate(steps, 1) if p == phase]
-        picks[phase] = rng.sample(candidates, min(len(candidates), -(-kills // len(PHASES))))
-    return [picks[PHASES[i % len(PHASES)]][(i // len(PHASES)) % len(picks[PHASES[i % len(PHASES)]])]
+        picks[phase] = rng.sample(candidates, min(len(candidates), -(-kills // len(phases))))
+    return [picks[phases[i % len(phases)]][(i // len(phases)) % len(picks[phases[i % len(phases)]])]
             for i in range(kills)]
 
 
@@ -204,7 +206,7 @@ def kill_trial(i: int, target: int, rng: random.Random, data: Path, work: Path, 
 
 def resume_and_check(trial: dict, data: Path, reference: Path, expected: list[str]) -> dict:
     store = trial.pop("store")
-    manifest = run_annotate(campaign_config(data, store), progress=False, teachers={"en": FakeTeacher()})
+    manifest = build_store(campaign_config(data, store), teachers={"en": FakeTeacher()})
     lost, duplicated = sentence_counts(expected, store)
     diffs = compare(reference, store)
     return {**trial, "complete": manifest["complete"], "verify_after": len(verify_store(store)),
@@ -229,16 +231,17 @@ def race(i: int, data: Path, work: Path, reference: Path, expected: list[str], p
             "lost": lost, "duplicated": duplicated, "identical": not compare(reference, store)}
 
 
-def run(kills: int, races: int, seed: int, pause: float, work: Path) -> dict:
+def run(kills: int, races: int, seed: int, pause: float, work: Path,
+        phases: tuple[str, ...] = PHASES) -> dict:
     """The whole campaign in ``work``; returns per-trial records and a summary."""
     rng = random.Random(seed)
     data = work / "data"
     reference = work / "reference"
-    run_annotate(campaign_config(data, reference), progress=False, teachers={"en": FakeTeacher()})
+    build_store(campaign_config(data, reference), teachers={"en": FakeTeacher()})
     expected = open_store(reference).frame(columns=["sid"])["sid"].tolist()
     steps = events(data, work, pause)
     trials = [resume_and_check(kill_trial(i, target, rng, data, work, pause), data, reference, expected)
-              for i, target in enumerate(kill_steps(steps, kills, rng))]
+              for i, target in enumerate(kill_steps(steps, kills, rng, phases))]
     races_out = [race(i, data, work, reference, expected, pause) for i in range(races)]
     by_phase = Counter(t["phase"] for t in trials)
     summary = {
@@ -266,6 +269,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pause", type=float, default=0.02, help="Seconds around each announced step.")
     parser.add_argument("--json", type=Path, help="Also write the records here.")
+    parser.add_argument("--phases", nargs="+", default=list(PHASES),
+                        choices=list(PHASES) + ["teacher"], help="Phases the kills target, in turn.")
     parser.add_argument("--child", choices=["instrumented", "race"], dest="mode", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -275,7 +280,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="crash-campaign-") as work:
-        result = run(args.kills, args.races, args.seed, args.pause, Path(work))
+        result = run(args.kills, args.races, args.seed, args.pause, Path(work), tuple(args.phases))
     result["summary"]["wall_s"] = round(time.perf_counter() - started, 1)
     for t in result["trials"]:
         print(f"kill {t['trial']:2d}: step {t['step']:3d} {t['phase']:8s} {t['op']:16s} verify "

@@ -21,11 +21,12 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.config import DecoderConfig, DistillConfig, EncoderConfig, KDConfig, ModelConfig, OptimConfig
-from pipeline.distiller import distill
+from store.feed import distill
 from pipeline.tagger import build_tagger
-from stages.annotate import run_annotate
+from store.build import build_store
 from stages.cli import app
 from store import StoreError, open_store, verify_store
+from store.schema import DIGEST, manifest_digest
 from tests.store_fakes import LABELS, FakeTeacher, config, sentences, write_corpus
 
 STUDENT = ModelConfig(EncoderConfig(kind="bilstm", word_dim=8, hidden=8, char="none", dropout=0.0),
@@ -36,7 +37,7 @@ STUDENT = ModelConfig(EncoderConfig(kind="bilstm", word_dim=8, hidden=8, char="n
 def clean_store(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("faults")
     cfg = config(tmp / "data", out=tmp / "store", sizes={"train": 20, "dev": 6, "test": 6}, unlabeled=4)
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     assert verify_store(tmp / "store") == []
     return tmp / "store"
 
@@ -89,9 +90,13 @@ def delete_shard(store: Path, split: str) -> None:
     (store / f"shards/{shard}.json").unlink()
 
 
-def lie(store: Path, edit) -> None:
+def lie(store: Path, edit, *, signed: bool = False) -> None:
+    """Edit the manifest; ``signed`` recomputes its digest, as a careful liar would: the deeper
+    checks (row counts, offsets, checksums of the listed files) must then catch the lie."""
     manifest = json.loads((store / "manifest.json").read_text())
     edit(manifest)
+    if signed:
+        manifest[DIGEST] = manifest_digest(manifest)
     (store / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -104,6 +109,7 @@ def _wrong_checksum(manifest: dict, split: str) -> None:
     files[next(iter(files))] = "0" * 64
 
 
+MODIFIED = "manifest.json was modified after annotate wrote it"
 CASES = {  # name -> (damage, what verify says, what distill says)
     "flipped byte, train tensor chunk": (lambda s: flip(s, "train", "chunk"), "checksum mismatch",
                                          "checksum mismatch"),
@@ -116,11 +122,20 @@ CASES = {  # name -> (damage, what verify says, what distill says)
     "deleted train shard": (lambda s: delete_shard(s, "train"), "missing file", "missing|unreadable"),
     "deleted dev shard": (lambda s: delete_shard(s, "dev"), "missing file", "missing|unreadable"),
     "manifest lies: rows": (lambda s: lie(s, lambda m: _shard_entry(m, "train").update(rows=9)), "rows",
-                            "manifest says 9"),
+                            MODIFIED),
+    "manifest lies, re-signed: rows": (
+        lambda s: lie(s, lambda m: _shard_entry(m, "train").update(rows=9), signed=True), "rows",
+        "manifest says 9"),
     "manifest lies: tokens": (lambda s: lie(s, lambda m: _shard_entry(m, "train").update(tokens=1)),
-                              "offsets do not match", "offsets do not match"),
+                              "offsets do not match", MODIFIED),
+    "manifest lies, re-signed: tokens": (
+        lambda s: lie(s, lambda m: _shard_entry(m, "train").update(tokens=1), signed=True),
+        "offsets do not match", "offsets do not match"),
     "manifest lies: checksum of a test file": (lambda s: lie(s, lambda m: _wrong_checksum(m, "test")),
-                                               "checksum mismatch", "checksum mismatch"),
+                                               "checksum mismatch", MODIFIED),
+    "manifest lies, re-signed: checksum of a test file": (
+        lambda s: lie(s, lambda m: _wrong_checksum(m, "test"), signed=True), "checksum mismatch",
+        "checksum mismatch"),
     "manifest lies: complete with pending shards": (
         lambda s: lie(s, lambda m: m.update(pending=[_shard(s, "train")])), "incomplete", "incomplete"),
     "truncated teacher array metadata": (lambda s: teacher_metadata(s, lambda t: t[:40]),
@@ -130,7 +145,13 @@ CASES = {  # name -> (damage, what verify says, what distill says)
         "cannot open the store", "cannot open the store"),
     "manifest lies: shard of an unknown teacher": (
         lambda s: lie(s, lambda m: _shard_entry(m, "train").update(teacher="t-0000000")), "unknown teacher",
-        "unknown teacher"),
+        MODIFIED),
+    "manifest lies, re-signed: shard of an unknown teacher": (
+        lambda s: lie(s, lambda m: _shard_entry(m, "train").update(teacher="t-0000000"), signed=True),
+        "unknown teacher", "unknown teacher"),
+    "manifest lies: an input checksum (read by annotate only)": (
+        lambda s: lie(s, lambda m: _shard_entry(m, "dev").update(input_sha256="0" * 64)), MODIFIED,
+        MODIFIED),
     "manifest truncated": (lambda s: (s / "manifest.json").write_text(
         (s / "manifest.json").read_text()[:200]), "unreadable", "unreadable"),
 }
@@ -154,12 +175,13 @@ def test_other_schema_version_is_refused_by_distill_verify_and_annotate(clean_st
     shutil.copytree(clean_store, store)
     lie(store, lambda m: m.update(schema_version=2))
     assert any("schema version 1" in p for p in verify_store(store))
-    result = CliRunner().invoke(app, ["distill", "--params", str(tmp_path / "none.yaml"), "--store",
+    (tmp_path / "empty.yaml").write_text("distill: {}\n")
+    result = CliRunner().invoke(app, ["distill", "--params", str(tmp_path / "empty.yaml"), "--store",
                                       str(store), "--out", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 1 and "refused the store" in said(result) and "schema version" in said(result)
     cfg = config(tmp_path / "data", out=store, sizes={"train": 20, "dev": 6, "test": 6}, unlabeled=4)
     with pytest.raises(StoreError, match="schema version"):
-        run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+        build_store(cfg, teachers={"en": FakeTeacher()})
     assert not (store / ".lock").exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.annotate import _teacher_id, run_annotate
+from store.build import build_store, teacher_id
 from store import StoreError, open_store, verify_store
 from store.schema import check_relpath
 from tests.store_fakes import FakeTeacher, config
@@ -104,7 +104,7 @@ def test_no_pickle_eval_exec_unsafe_torch_or_yaml_load_in_the_repo():
 def clean_store(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("security")
     cfg = config(tmp / "data", out=tmp / "store", sizes={"train": 20, "dev": 6})
-    run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+    build_store(cfg, teachers={"en": FakeTeacher()})
     return tmp / "store"
 
 
@@ -144,8 +144,8 @@ def test_teacher_entries_cannot_escape(clean_store, tmp_path):
     _edit_manifest(store, lambda m: next(iter(m["teachers"].values()))["files"].update(
         {"/etc/passwd": "0" * 64}))
     assert any("foreign file /etc/passwd" in p for p in verify_store(store))
-    assert _teacher_id("../../etc/passwd", "ab" * 32) == "passwd-abababab"  # ids from folder names
-    assert _teacher_id("..", "ab" * 32) == "teacher-abababab"
+    assert teacher_id("../../etc/passwd", "ab" * 32) == "passwd-abababab"  # ids from folder names
+    assert teacher_id("..", "ab" * 32) == "teacher-abababab"
 
 
 def _symlink_out(store: Path, rel: str, outside: Path) -> None:
@@ -176,18 +176,19 @@ def test_symbolic_links_out_of_the_store_are_refused(clean_store, tmp_path, what
             open_store(store).get("tiny/train/0")
 
 
-def test_writer_refuses_a_store_folder_linked_elsewhere(tmp_path):
-    """finalize deletes the files it does not list: through a linked folder that was someone else's."""
+def test_writer_refuses_a_store_folder_linked_elsewhere(clean_store, tmp_path):
+    """The writer removes files of its folders: through a linked folder they would be someone else's."""
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
-    (tmp_path / "store").mkdir()
-    os.symlink(victim, tmp_path / "store" / "table")
-    cfg = config(tmp_path / "data", out=tmp_path / "store", sizes={"train": 4})
+    store = _copy(clean_store, tmp_path / "store")
+    shutil.rmtree(store / "table")
+    os.symlink(victim, store / "table")
+    cfg = config(tmp_path / "data", out=store, sizes={"train": 4})
     with pytest.raises(StoreError, match="symbolic links"):
-        run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+        build_store(cfg, teachers={"en": FakeTeacher()})
     assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
-    assert not (tmp_path / "store" / ".lock").exists()
+    assert not (store / ".lock").exists()
 
 
 @pytest.mark.parametrize("name", ["../evil", "/abs", "a/b", "..", ".hidden", "x" * 101, "tab\tname"])
@@ -195,5 +196,5 @@ def test_corpus_names_cannot_make_paths(tmp_path, name):
     cfg = config(tmp_path / "data", out=tmp_path / "store", sizes={"train": 3})
     cfg.corpora[0].name = name
     with pytest.raises(StoreError, match="corpus name"):
-        run_annotate(cfg, progress=False, teachers={"en": FakeTeacher()})
+        build_store(cfg, teachers={"en": FakeTeacher()})
     assert not any((tmp_path / "store" / "table").glob("*")) and not (tmp_path / "evil").exists()

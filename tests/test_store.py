@@ -18,13 +18,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.kd.types import StudentPotentials
-from pipeline.teacher_outputs import residual_mass, teacher_outputs
-from stages.annotate import run_annotate
-from stages.store_cmd import app as store_app
+from pipeline.structs import Factorized, residual_mass
+from pipeline.teaching import teacher_targets
+from store.build import build_store
+from stages.cli import app
 from store import StoreError, StoreLockedError, StoreOptions, StoreWriter, open_store, verify_store
 from store.files import StoreLock, sha256_file
 from store.reader import Store
+from store.schema import DIGEST, manifest_digest
 from tests.store_fakes import FakeTeacher, config
 
 GET_KEYS = {"tokens", "emissions", "transitions", "start", "end", "node", "edge", "kbest_paths",
@@ -37,8 +38,7 @@ def build(tmp: Path, name: str = "store", *, is_crf=True, constraints=True, tens
           prune=0.0, dtype="float32", max_len=6, k=4, **kw) -> Path:
     cfg = config(tmp / f"{name}-data", out=tmp / name, unlabeled=4, dtype=dtype, k=k, max_len=max_len, **kw)
     cfg.tensors, cfg.prune = tensors, prune
-    run_annotate(cfg, progress=False,
-                 teachers={"en": FakeTeacher(is_crf=is_crf, constraints=constraints)})
+    build_store(cfg, teachers={"en": FakeTeacher(is_crf=is_crf, constraints=constraints)})
     return tmp / name
 
 
@@ -170,7 +170,7 @@ def test_verify_names_flipped_byte_truncation_deletion_and_lies(store_path, tmp_
     (store / chunk).write_bytes(bytes(raw))
     problems = verify_store(store)
     assert problems and all(shard in p for p in problems) and "checksum mismatch" in problems[0]
-    result = CliRunner().invoke(store_app, ["verify", str(store)])
+    result = CliRunner().invoke(app, ["store", "verify", str(store)])
     assert result.exit_code == 1 and shard in result.output
 
     store = _fresh(store_path, tmp_path / "trunc")
@@ -213,6 +213,7 @@ def test_verify_recomputes_invariants(store_path, tmp_path):
     pq.write_table(table.set_column(table.column_names.index("log_z"), "log_z", pa.array(log_z)), path)
     manifest = json.loads((store / "manifest.json").read_text())
     manifest["shards"][shard]["files"][f"table/{shard}.parquet"] = sha256_file(path)
+    manifest[DIGEST] = manifest_digest(manifest)  # re-signed: only the recomputation can tell
     (store / "manifest.json").write_text(json.dumps(manifest))
     problems = verify_store(store)
     assert len(problems) == 1 and f"{shard}, sentence tiny/train/2: log Z" in problems[0]
@@ -265,13 +266,14 @@ def test_residual_mass_clamps_rounding_only():
 
 def test_teacher_outputs_shapes_and_surplus_rows():
     teacher = FakeTeacher()
-    pot, mask = teacher.potentials([["john"], ["new", "york", "in", "paris"]])
-    out = teacher_outputs(pot, mask, k=8, tau=2.0)
+    structure = teacher.structure([["john"], ["new", "york", "in", "paris"]])
+    mask = structure.mask
+    out = teacher_targets(structure, 8, tau=2.0)
     assert out["kbest_paths"].shape == (2, 8, 4) and out["edge"].shape == (2, 3, 5, 5)
     # one word, IOB2: 3 allowed labels (O, B-PER, B-LOC); surplus rows are -inf with zero paths
     assert torch.isinf(out["kbest_logprob"][0, 3:]).all() and not out["kbest_paths"][0, 3:].any()
     assert out["residual_mass"][0] < 1e-5
-    maxent = teacher_outputs(StudentPotentials(pot.emissions), mask, k=3, tau=1.0, is_crf=False)
+    maxent = teacher_targets(Factorized(structure.emissions, mask), 3)
     assert torch.allclose(maxent["node"].sum(-1), mask.float(), atol=1e-6)
 
 
