@@ -50,6 +50,17 @@ class Potentials:
         """Mask per position, [B, 1] each."""
         return self.mask.unsqueeze(2).unbind(1)
 
+    def rows(self, index: Tensor) -> Potentials:
+        """The sentences `index` [n] (long) alone, cut to the longest of them."""
+        lengths = self.lengths[index]
+        longest = int(lengths.max())
+
+        def pick(x: Tensor) -> Tensor:  # shared [1, ...] factors stay shared
+            return x if x.shape[0] == 1 else x[index]
+
+        return Potentials(self.emissions[index, :longest], pick(self.transitions), pick(self.start),
+                          pick(self.end), self.mask[index, :longest], lengths, int(lengths.min()))
+
 
 def prepare(emissions, transitions, mask, start, end, constraints, tau) -> Potentials:
     if tau <= 0:
