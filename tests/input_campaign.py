@@ -1,7 +1,11 @@
 """Hostile-input campaign (issue 14, input side): drive the real `structkd` command line with
 malformed corpora and bad params, and count what a user sees.
 
-    python bench/input_campaign.py            # about 30 s on a 2-core CPU; prints the table
+    python -m tests.input_campaign            # about 10 s on a 2-core CPU; prints the table
+
+(``tests/test_cli_errors.py::test_input_campaign`` runs it in the suite and asserts every input
+ends ``ok`` or ``clear``.) It lives under tests/ because it drives ``stages.cli``, which only the
+tests may import (tests/test_layering.py).
 
 Every input goes through `structkd` (typer's CliRunner, in process: the same command objects as
 the entry point, without starting a Python per case). Outcomes:
@@ -20,13 +24,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.test_params_fuzz: the walk over every key of every stage config
 
 import torch
 import typer
@@ -34,7 +34,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
-from tests.test_params_fuzz import KEYS, STAGES, out_of_range, wrong_types
+from tests.params_walk import KEYS, out_of_range, with_value, wrong_types
 
 SENTENCES = [[("EU", "B-ORG"), ("rejects", "O"), ("German", "B-MISC"), ("call", "O"), (".", "O")],
              [("Peter", "B-PER"), ("Blackburn", "I-PER")],
@@ -191,13 +191,8 @@ def params_cases(folder: Path) -> list[tuple]:
     """(name, params data or YAML text or None, CLI args, exit code, fragment of the error)."""
     cases = []
     for key in KEYS:
-        cls, base = STAGES[key.section]
         for value, names in [*wrong_types(key), *out_of_range(key)]:
-            data = json.loads(json.dumps(base))
-            node = data
-            for part in key.path[:-1]:
-                node = node[part] if isinstance(part, int) else node.setdefault(part, {})
-            node[key.path[-1]] = value
+            data = with_value(key, value)
             section: dict = {}
             top = section
             parts = key.section.split(".")
@@ -278,21 +273,22 @@ def run_params(folder: Path, outcomes: Counter, failures: list) -> None:
             failures.append(f"params {name}: {outcome}")
 
 
-def main() -> None:
+def run_campaign() -> tuple[list[str], list[str]]:
+    """(the table as markdown lines, one line per input that ended neither ok nor clear)."""
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         run_corpora(Path(tmp), outcomes, failures)
         run_params(Path(tmp), outcomes, failures)
-    print("| inputs | tried | accepted, exact | clear one-line errors | unclear | tracebacks | silent |")
-    print("|---|---|---|---|---|---|---|")
+    table = ["| inputs | tried | accepted, exact | clear one-line errors | unclear | tracebacks | "
+             "silent |", "|---|---|---|---|---|---|---|"]
     for family in ("corpus", "params"):
         row = {k.split(":")[1]: v for k, v in outcomes.items() if k.startswith(family + ":")}
-        print(f"| {family} | {sum(row.values())} | {row.get('ok', 0)} | {row.get('clear', 0)} | "
-              f"{row.get('unclear', 0)} | {row.get('traceback', 0)} | {row.get('silent', 0)} |")
-    for failure in failures:
-        print("  " + failure)
+        table.append(f"| {family} | {sum(row.values())} | {row.get('ok', 0)} | {row.get('clear', 0)} "
+                     f"| {row.get('unclear', 0)} | {row.get('traceback', 0)} | {row.get('silent', 0)} |")
+    return table, failures
 
 
 if __name__ == "__main__":
-    main()
+    table, failures = run_campaign()
+    print("\n".join(table + ["  " + failure for failure in failures]))

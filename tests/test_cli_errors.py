@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
+from tests.input_campaign import run_campaign
 
 CONLL = "EU B-ORG\nrejects O\n\nPeter B-PER\n"
 
@@ -168,3 +169,10 @@ def test_report_without_an_evaluation(tmp_path):
                    "structkd evaluate")
     (tmp_path / "eval.json").write_text(json.dumps({"teacher-en": {}}))
     one_line_error(run(tmp_path, params, "report"), 1, "has no scores of ['none']")
+
+
+def test_input_campaign():
+    """800 hostile corpora and bad params (tests/input_campaign.py): each one read exactly or
+    refused in one clear line; no traceback, nothing silent."""
+    table, failures = run_campaign()
+    assert not failures, "\n".join(table + failures)

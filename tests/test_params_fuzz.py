@@ -1,118 +1,27 @@
 """Every key of every stage config, fed a wrong type and (where it has a range or a list of valid
 names) a value outside it, must be refused with a ConfigError naming the dotted key.
 
-The keys are found by walking the stage dataclasses of pipeline/config.py recursively (nested
-dataclasses, lists of corpora), so a field added later is fuzzed too; a number without a rule
-fails ``test_every_number_has_a_range`` unless it is listed in ``UNBOUNDED`` here.
+The keys are found by walking the stage dataclasses of pipeline/config.py recursively
+(tests/params_walk.py), so a field added later is fuzzed too; a number without a rule fails
+``test_every_number_has_a_range`` unless it is listed in ``UNBOUNDED`` here.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import types
-import typing
 
 import pytest
 
-from pipeline.config import (RULES, AnnotateConfig, CorpusConfig, DistillConfig, EvaluateConfig,
-                             PrepareConfig, ReportConfig, TeacherConfig, from_dict)
+from pipeline.config import RULES, AnnotateConfig, CorpusConfig, DistillConfig, from_dict
 from pipeline.errors import ConfigError
-from pipeline.rules import Each, Range
+from pipeline.rules import Range
+from tests.params_walk import CORPUS, KEYS, STAGES, Key, out_of_range, with_value, wrong_types
 
-CORPUS = {"name": "c", "files": {"train": "train.txt"}}
-STAGES = {"teachers.en": (TeacherConfig, {"corpus": CORPUS}),
-          "annotate": (AnnotateConfig, {"corpora": [CORPUS]}),
-          "distill": (DistillConfig, {}),
-          "prepare": (PrepareConfig, {"corpora": [CORPUS]}),
-          "evaluate": (EvaluateConfig, {"corpora": [CORPUS]}),
-          "report": (ReportConfig, {})}
 UNBOUNDED = {(CorpusConfig, "word_col"), (CorpusConfig, "label_col")}  # negative = from the end
 
 
-@dataclasses.dataclass
-class Key:
-    section: str
-    path: list  # field names and list indices under the section
-    owner: type  # the dataclass that declares the field
-    name: str
-    tp: typing.Any  # the annotation, ``X`` of ``X | None``
-    optional: bool
-
-    @property
-    def dotted(self) -> str:
-        out = self.section
-        for part in self.path:
-            out += f"[{part}]" if isinstance(part, int) else f".{part}"
-        return out
-
-
-def _optional(tp):
-    """``X`` of ``X | None`` (and ``tp`` itself otherwise)."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
-
-
-def walk(cls: type, section: str, path: list) -> list[Key]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = _optional(hints[f.name])
-        keys.append(Key(section, path + [f.name], cls, f.name, tp, tp is not hints[f.name]))
-        if dataclasses.is_dataclass(tp):
-            keys += walk(tp, section, path + [f.name])
-        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-            keys += walk(typing.get_args(tp)[0], section, path + [f.name, 0])
-    return keys
-
-
-KEYS = [key for section, (cls, _) in STAGES.items() for key in walk(cls, section, [])]
-
-
-def wrong_types(key: Key) -> list[tuple[typing.Any, str]]:
-    """(value of another type than the key's, as YAML would give it; dotted key the error must
-    name). ``null`` is wrong unless the key is optional (or a section: null = defaults)."""
-    tp, null = key.tp, [] if key.optional else [None]
-    if tp is bool:
-        values = ["yes", 1, *null]
-    elif tp is int:
-        values = ["fast", True, 1.5, *null]
-    elif tp is float:
-        values = ["fast", True, [1.0], *null]
-    elif tp is str:
-        values = [12, ["a"], "", *null]
-    elif typing.get_origin(tp) is list:
-        values = ["a", {"a": 1}, *null]
-    elif typing.get_origin(tp) is dict:
-        values = ["a", ["a"], *null]
-        if typing.get_args(tp)[1] is str:
-            return [(v, key.dotted) for v in values] + [({"train": 3}, f"{key.dotted}.train")]
-    else:  # a nested section
-        values = ["a", ["a"]]
-    return [(v, key.dotted) for v in values]
-
-
-def out_of_range(key: Key) -> list[tuple[typing.Any, str]]:
-    """(value, dotted key the error must name) outside the field's rule, if it has one."""
-    rule = RULES.get((key.owner, key.name))
-    if rule is None:
-        return []
-    if not isinstance(rule, Each):
-        return [(bad, key.dotted) for bad in rule.bad]
-    if typing.get_origin(key.tp) is dict:
-        return [({bad: "x"}, f"{key.dotted}.{bad}") for bad in rule.bad]
-    return [([bad], f"{key.dotted}[0]") for bad in rule.bad]
-
-
 def refused(key: Key, value, names: str) -> None:
-    cls, base = STAGES[key.section]
-    data = copy.deepcopy(base)
-    node = data
-    for part in key.path[:-1]:
-        node = node[part] if isinstance(part, int) else node.setdefault(part, {})
-    node[key.path[-1]] = value
     with pytest.raises(ConfigError) as info:
-        from_dict(cls, data, key.section)
+        from_dict(STAGES[key.section][0], with_value(key, value), key.section)
     assert str(info.value).startswith(f"{names}: "), (value, str(info.value))
 
 
