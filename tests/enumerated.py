@@ -104,3 +104,109 @@ def factorized(emissions, tau=1.0) -> Enumerated:
     node = torch.zeros(N, n, T)
     node[torch.arange(N)[:, None], torch.arange(n)[None, :], outputs] = 1
     return Enumerated(outputs, {"node": node}, {"node": emissions.double() / tau})
+
+
+def _is_tree(heads, projective: bool, single_root: bool) -> bool:
+    """heads [n+1] (heads[0] unused): every word reaches the root 0 by following heads (so no
+    cycle), one root child if ``single_root``, no two crossing arcs if ``projective``."""
+    n = len(heads) - 1
+    for d in range(1, n + 1):
+        node, steps = d, 0
+        while node != 0 and steps <= n:
+            node, steps = heads[node], steps + 1
+        if node != 0:
+            return False
+    if single_root and sum(1 for d in range(1, n + 1) if heads[d] == 0) != 1:
+        return False
+    if projective:
+        arcs = [(min(d, heads[d]), max(d, heads[d])) for d in range(1, n + 1)]
+        if any(a < c < b < e for a, b in arcs for c, e in arcs):
+            return False
+    return True
+
+
+def _arc_potentials(scores, tau):
+    """[n+1, n+1] float64 arc potentials / tau, -inf for self loops and arcs into the root."""
+    phi = scores.double() / tau
+    size = phi.shape[0]
+    forbidden = torch.eye(size, dtype=torch.bool)
+    forbidden[:, 0] = True
+    return phi.masked_fill(forbidden, NEG_INF)
+
+
+_HEAD_OUTPUTS: dict[tuple, torch.Tensor] = {}
+
+
+def _head_outputs(n: int, trees_only: bool, projective: bool = False, single_root: bool = True) -> torch.Tensor:
+    """Every head vector [N, n+1] without self loops (only the trees when ``trees_only``), cached."""
+    key = (n, trees_only, projective, single_root)
+    if key not in _HEAD_OUTPUTS:
+        rows = [(0, *h) for h in itertools.product(range(n + 1), repeat=n)
+                if all(h[d - 1] != d for d in range(1, n + 1))
+                and (not trees_only or _is_tree((0, *h), projective, single_root))]
+        _HEAD_OUTPUTS[key] = torch.tensor(rows, dtype=torch.long)
+    return _HEAD_OUTPUTS[key]
+
+
+def _arc_indicators(outputs) -> torch.Tensor:
+    N, size = outputs.shape
+    arc = torch.zeros(N, size, size)
+    deps = torch.arange(1, size)
+    arc[torch.arange(N)[:, None], outputs[:, 1:], deps[None, :]] = 1
+    return arc
+
+
+def trees(scores, projective=False, single_root=True, tau=1.0) -> Enumerated:
+    """Every dependency tree of n = len(scores) - 1 words (scores [n+1, n+1], scores[h, d] the arc
+    h -> d, 0 the root): head vectors [N, n+1] filtered by ``_is_tree``; the part of DependencyCRF."""
+    n = scores.shape[0] - 1
+    outputs = _head_outputs(n, True, projective, single_root)
+    return Enumerated(outputs, {"arc": _arc_indicators(outputs)}, {"arc": _arc_potentials(scores, tau)})
+
+
+def head_selections(scores, tau=1.0) -> Enumerated:
+    """Every head vector (each word any head but itself, cycles included): HeadSelection."""
+    n = scores.shape[0] - 1
+    outputs = _head_outputs(n, False)
+    return Enumerated(outputs, {"arc": _arc_indicators(outputs)}, {"arc": _arc_potentials(scores, tau)})
+
+
+def bioes(kind: str, entity: int) -> int:
+    """The BIOES label index of pipeline.structs.spans: O = 0, then B, I, E, S of each type."""
+    return 0 if kind == "O" else 1 + 4 * entity + "BIES".index(kind)
+
+
+def span_sets(scores, tau=1.0) -> Enumerated:
+    """Every set of non-overlapping typed spans of n words (scores [n, n, E], span (start, end
+    inclusive, type)); outputs are BIOES label sequences [N, n]; the part of Spans."""
+    n, _, num_types = scores.shape
+
+    def sets(start):
+        if start == n:
+            yield []
+            return
+        for rest in sets(start + 1):
+            yield [None] + rest
+        for end in range(start, n):
+            for e in range(num_types):
+                for rest in sets(end + 1):
+                    yield [(start, end, e)] + [None] * (end - start) + rest
+
+    outputs, indicators = [], []
+    for segmentation in sets(0):
+        labels, ind = [0] * n, torch.zeros(n, n, num_types)
+        for span in segmentation:
+            if span is None:
+                continue
+            s, t, e = span
+            ind[s, t, e] = 1
+            if s == t:
+                labels[s] = bioes("S", e)
+            else:
+                labels[s], labels[t] = bioes("B", e), bioes("E", e)
+                labels[s + 1:t] = [bioes("I", e)] * (t - s - 1)
+        outputs.append(labels)
+        indicators.append(ind)
+    ends = torch.arange(n)[None, :] >= torch.arange(n)[:, None]
+    phi = (scores.double() / tau).masked_fill(~ends[..., None], NEG_INF)
+    return Enumerated(torch.tensor(outputs, dtype=torch.long), {"span": torch.stack(indicators)}, {"span": phi})

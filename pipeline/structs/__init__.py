@@ -2,7 +2,12 @@
 from pipeline.structs.base import ROUNDING, Structure, residual_mass
 from pipeline.structs.chain import ChainCRF
 from pipeline.structs.factorized import Factorized
+from pipeline.structs.second_order import mean_field_heads
+from pipeline.structs.spans import Spans
+from pipeline.structs.tree import ArcLabels, DependencyCRF, HeadSelection
 
-STRUCTURES: dict[str, type[Structure]] = {cls.kind: cls for cls in (ChainCRF, Factorized)}
+STRUCTURES: dict[str, type[Structure]] = {cls.kind: cls for cls in (ChainCRF, Factorized, DependencyCRF,
+                                                                    HeadSelection, Spans)}
 
-__all__ = ["ROUNDING", "STRUCTURES", "ChainCRF", "Factorized", "Structure", "residual_mass"]
+__all__ = ["ROUNDING", "STRUCTURES", "ArcLabels", "ChainCRF", "DependencyCRF", "Factorized", "HeadSelection",
+           "Spans", "Structure", "mean_field_heads", "residual_mass"]
