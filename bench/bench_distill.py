@@ -37,7 +37,7 @@ from pipeline.schemes import complete_labels
 from store.stream import StoreStream
 from pipeline.tagger import build_tagger
 from store.build import build_store
-from pipeline.config import from_dict, merge, read_section
+from pipeline.params import load_config
 from store.feed import store_data
 from store import ShardSpec, StoreWriter, open_store, verify_store
 from store.schema import make_sid, shard_id
@@ -89,14 +89,7 @@ def make_store(work: Path, sentences: int, teacher_folder: str | None) -> tuple[
 def run_config(store: str, method: str, work: Path, **over) -> DistillConfig:
     """params.yaml's distill section + distill_runs.<method>, on the bench store, no eval data."""
     flags = {"store": store, "out": str(work / "runs" / method), "device": "cpu", "workers": 0, **over}
-    data = merge(read_section(ROOT / "params.yaml", "distill"), read_section(ROOT / "params.yaml", f"distill_runs.{method}"))
-    for dotted, value in flags.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_dict(DistillConfig, data)
+    return load_config(DistillConfig, ROOT / "params.yaml", ["distill", f"distill_runs.{method}"], flags)
 
 
 class EpochTimer:

@@ -12,7 +12,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.config import AnnotateConfig, CorpusConfig, from_dict
-from stages.common import console, load_config
+from pipeline.params import load_config
+from stages.common import check_model_folder, console, params_file
 from store.build import build_store
 from store.schema import SPLITS, StoreError
 
@@ -92,8 +93,9 @@ def main(
              "splits": split or None, "out": out, "k": k, "shard_size": shard_size,
              "batch_tokens": batch_tokens, "dtype": dtype, "tau": tau, "device": device,
              "mix_teachers": mix_teachers, "tensors": tensors, "prune": prune}
-    cfg: AnnotateConfig = load_config(AnnotateConfig, params if params and params.exists() else None,
-                                      [section], flags)
+    cfg: AnnotateConfig = load_config(AnnotateConfig, params_file(params), [section], flags)
+    for lang, folder in cfg.teachers.items():
+        check_model_folder(folder, f"{section}.teachers.{lang}")
     try:
         manifest = run_annotate(cfg, progress)
     except StoreError as err:

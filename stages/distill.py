@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from pipeline.config import DistillConfig, read_section
-from stages.common import console, load_config
+from pipeline.params import load_config
+from stages.common import check_model_folder, console, params_file
 from store import StoreError
 from store.feed import distill
 
@@ -40,7 +41,7 @@ def main(
     progress: bool = typer.Option(True, help="Show a progress bar on stderr."),
 ) -> None:
     """Distil a student from the store with one KD method; writes the model and metrics."""
-    params = params if params and params.exists() else None
+    params = params_file(params)
     sections = [section] if params is not None else []
     if run is not None and params is not None:
         sections.append(f"distill_runs.{run}")
@@ -50,6 +51,8 @@ def main(
     for key, value in _run_defaults(params, run).items():
         flags[key] = value if flags.get(key) is None else flags[key]
     cfg: DistillConfig = load_config(DistillConfig, params, sections, flags)
+    if cfg.online_teacher:
+        check_model_folder(cfg.online_teacher, "distill.online_teacher")
     try:
         metrics = distill(cfg, progress=progress)
     except StoreError as err:

@@ -12,7 +12,8 @@ from pipeline.metrics import evaluate_tags
 from pipeline.tagger import Tagger
 from pipeline.trainer import predict, resolve_device
 from pipeline.errors import ConfigError
-from stages.common import check_model_folder, console, load_config, params_file, top_level_methods
+from pipeline.params import load_config
+from stages.common import check_model_folder, console, params_file, top_level_methods
 from store.files import atomic_json
 
 

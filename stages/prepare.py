@@ -10,7 +10,8 @@ from pipeline.config import PrepareConfig
 from pipeline.corpus import check_corpora, corpus_splits, read_corpus
 from pipeline.errors import ConfigError
 from pipeline.schemes import detect_scheme
-from stages.common import console, load_config, params_file
+from pipeline.params import load_config
+from stages.common import console, params_file
 from store.files import atomic_json
 
 

@@ -10,7 +10,8 @@ import typer
 
 from pipeline.config import ReportConfig
 from pipeline.errors import DataError
-from stages.common import console, load_config, params_file, top_level_methods
+from pipeline.params import load_config
+from stages.common import console, params_file, top_level_methods
 
 
 def _score(metrics: dict) -> float:

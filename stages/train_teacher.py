@@ -11,7 +11,8 @@ from pipeline.config import TeacherConfig, to_dict
 from pipeline.corpus import read_corpus
 from pipeline.errors import DataError
 from pipeline.trainer import train_tagger
-from stages.common import console, load_config, params_file
+from pipeline.params import load_config
+from stages.common import console, params_file
 from store.files import atomic_json
 
 

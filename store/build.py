@@ -25,7 +25,7 @@ from pipeline.batching import budget_batches
 from pipeline.config import AnnotateConfig, CorpusConfig
 from pipeline.dist import World, broadcast, device_for, first_error, init, world_from_env
 from pipeline.precision import autocast
-from pipeline.corpus import Sentence, corpus_splits, read_corpus
+from pipeline.corpus import Sentence, check_corpora, corpus_splits, read_corpus
 from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
 from store.writer import ShardSpec, StoreWriter
@@ -129,6 +129,7 @@ def read_all(cfg: AnnotateConfig) -> list[tuple[CorpusConfig, str, list[Sentence
     """Every (corpus, split, sentences) of ``cfg`` to annotate; refuses corpora without a teacher
     and two corpora of the same name (their sentence ids would collide)."""
     splits = [check_split(s) for s in cfg.splits]
+    check_corpora(cfg.corpora)
     seen: set[str] = set()
     out = []
     for corpus in cfg.corpora:
