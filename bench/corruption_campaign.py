@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # tests.store_fakes: the deterministic FakeTeache
 import torch
 
 from pipeline.config import DecoderConfig, DistillConfig, EncoderConfig, KDConfig, ModelConfig, OptimConfig
-from pipeline.distiller import distill
+from store.feed import distill
 from store.build import build_store
 from store import StoreError, verify_store
 from tests.store_fakes import FakeTeacher, config

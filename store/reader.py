@@ -49,10 +49,13 @@ class Store:
             warnings.warn(f"{self.url}: manifest.json has no digest (written by an earlier structkd): "
                           "edits to it cannot be detected; re-run annotate to add one", StoreWarning,
                           stacklevel=3)
-        for shard, entry in manifest.get("shards", {}).items():
-            check_shard_id(shard)
-            for rel in entry.get("files", {}):
-                check_relpath(rel)
+        try:
+            for shard, entry in manifest.get("shards", {}).items():
+                check_shard_id(shard)
+                for rel in entry.get("files", {}):
+                    check_relpath(rel)
+        except StoreError as err:
+            raise StoreError(f"{self.url}: {MANIFEST}: {err}") from None
         self.manifest = manifest
         self.options = StoreOptions(**manifest["options"])
         self.teacher_attrs: dict[str, dict] = {}

@@ -26,6 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.config import DecoderConfig, EncoderConfig, ModelConfig
+from pipeline.errors import DataError
 from pipeline.tagger import build_tagger
 from stages.cli import app
 from store import StoreError, StoreLockedError, StoreWriter, open_store, verify_store
@@ -131,6 +132,7 @@ def test_cli_annotate_into_a_user_folder_exits_1_with_one_line(tmp_path):
                                       "--out", str(tmp_path / "out")])
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "not a structkd store" in said and "Traceback" not in result.output
+    assert issubclass(StoreError, DataError) and StoreError.exit_code == 1
     assert snapshot(tmp_path / "out") == before
 
 
@@ -347,3 +349,20 @@ def test_check_verified_recomputes_stores_without_records(clean, tmp_path):
     with pytest.raises(StoreError) as err:
         check_verified(open_store(store))
     assert f"shard {shard}, sentence tiny/train/10: log Z" in one_line(err)
+
+
+def test_verify_reports_a_damaged_teacher_and_a_refused_recomputation_without_raising(clean, tmp_path,
+                                                                                       monkeypatch):
+    store = copy(clean, tmp_path / "store")
+    chunk = next(p for p in sorted((store / "teachers").rglob("*")) if "/transitions/c/" in p.as_posix()
+                 and p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:len(chunk.read_bytes()) // 2])
+    problems = verify_store(store)  # the shards are not checked against damaged factors
+    assert len(problems) == 1 and "checksum mismatch" in problems[0] and "transitions" in problems[0]
+
+    def refuse(*args, **kwargs):
+        raise ValueError("k-best probabilities sum to 6.02 > 1")
+
+    monkeypatch.setattr("store.verify.recompute", refuse)
+    problems = verify_store(clean)
+    assert problems and all("cannot be recomputed from its stored potentials: k-best" in p for p in problems)
