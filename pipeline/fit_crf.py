@@ -1,0 +1,167 @@
+"""``structkd fit-crf``: give a MaxEnt Hugging Face teacher a CRF by training only its factors.
+
+The checkpoint (encoder and classifier) stays frozen: each sentence's word-level emissions [L, T]
+are computed once (``HFTeacher.emissions``) and cached, then a few epochs of Adam fit transitions
+[T, T] and start / end [T] (zeros at first: the CRF starts as the teacher's MaxEnt distribution
+restricted to the scheme's valid sequences) on the mean gold NLL
+``-ChainCRF(emissions, transitions, mask, start, end, constraints).log_prob(gold)``. The result is a
+``CRFTeacher`` (pipeline/hf_teacher.py): a ChainCRF teacher, so annotate stores edge marginals and
+k-best paths of a CRF. Dev F1 of the MaxEnt teacher (constrained argmax) and of the CRF (Viterbi)
+is measured on the same cached emissions (pipeline.metrics).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from pipeline.batching import budget_batches
+from pipeline.config import CorpusConfig
+from pipeline.corpus import Sentence, corpus_splits, effective_scheme, read_corpus
+from pipeline.hf_teacher import CRFTeacher, HFTeacher, TeacherError, check_schemes
+from pipeline.metrics import evaluate_tags, main_score
+from pipeline.structs import ChainCRF, Factorized
+from pipeline.trainer import resolve_device
+
+
+@dataclass
+class FitCRFConfig:
+    checkpoint: str = "models/hf-teacher"  # HF token-classification folder or hub name
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)  # labeled: train (fit), dev (F1)
+    out: str = "models/hf-teacher-crf"
+    scheme: str | None = None  # the checkpoint's tag scheme; None = detected from its labels
+    max_length: int | None = None  # sub-word window; None = the model's maximum
+    stride: int = 32
+    epochs: int = 5
+    lr: float = 0.05
+    batch_size: int = 32  # sentences per Adam step (and per teacher forward when caching)
+    seed: int = 13
+    device: str = "auto"  # where the checkpoint runs; the CRF factors are fitted on the CPU
+
+
+class Batch(NamedTuple):
+    rows: list[int]  # indices of the batch's sentences in their split
+    emissions: Tensor  # [B, L, T] float32, 0 at padding
+    mask: Tensor  # [B, L] bool
+    gold: Tensor  # [B, L] long, 0 at padding
+
+
+def cache_emissions(teacher: HFTeacher, sentences: list[Sentence], batch_size: int) -> list[Tensor]:
+    """Each sentence's emissions [L, T] (float32, CPU), the checkpoint run once per sentence in
+    length-sorted batches of ``batch_size``."""
+    out: list[Tensor | None] = [None] * len(sentences)
+    lengths = [len(s.tokens) for s in sentences]
+    with torch.no_grad():
+        for rows in budget_batches(lengths, None, batch_size):
+            emissions, _ = teacher.emissions([sentences[i].tokens for i in rows])
+            for b, i in enumerate(rows):
+                out[i] = emissions[b, :lengths[i]].cpu()
+    return out
+
+
+def gold_ids(teacher: HFTeacher, sentences: list[Sentence]) -> list[Tensor]:
+    """Gold label ids [L] long per sentence; a TeacherError names labels the teacher lacks."""
+    if any(s.labels is None for s in sentences):
+        raise TeacherError(f"{teacher.source}: fit-crf needs labeled sentences")
+    index = {label: i for i, label in enumerate(teacher.labels)}
+    unknown = sorted({label for s in sentences for label in s.labels if label not in index})
+    if unknown:
+        raise TeacherError(f"{teacher.source}: gold labels {unknown} are not the teacher's {teacher.labels}")
+    return [torch.tensor([index[label] for label in s.labels], dtype=torch.long) for s in sentences]
+
+
+def make_batches(emissions: list[Tensor], gold: list[Tensor], batch_size: int) -> list[Batch]:
+    """Length-sorted padded batches of at most ``batch_size`` sentences (built once, reused by
+    every epoch: the emissions never change)."""
+    batches = []
+    for rows in budget_batches([len(g) for g in gold], None, batch_size):
+        rows = rows.tolist()
+        lengths = torch.tensor([len(gold[i]) for i in rows])
+        mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
+        batches.append(Batch(rows, pad_sequence([emissions[i] for i in rows], batch_first=True), mask,
+                             pad_sequence([gold[i] for i in rows], batch_first=True)))
+    return batches
+
+
+def chain(teacher: HFTeacher, batch: Batch, factors: dict[str, Tensor]) -> ChainCRF:
+    """The batch's ChainCRF under ``factors`` (transitions, start, end) and the scheme's constraints."""
+    return ChainCRF(batch.emissions, factors["transitions"], batch.mask, factors["start"], factors["end"],
+                    teacher.constraints)
+
+
+def fit_factors(teacher: HFTeacher, batches: list[Batch], *, epochs: int, lr: float,
+                seed: int) -> tuple[dict[str, Tensor], list[float]]:
+    """Adam over transitions [T, T], start / end [T] on each batch's mean gold NLL, batch order
+    shuffled every epoch. Returns the factors and the mean NLL per sentence of each epoch (epoch
+    1's is measured while the factors move away from zero). A gold path the scheme forbids is an
+    error naming its sentence, never an infinite loss."""
+    num = len(teacher.labels)
+    factors = {"transitions": torch.zeros(num, num, requires_grad=True),
+               "start": torch.zeros(num, requires_grad=True), "end": torch.zeros(num, requires_grad=True)}
+    optimizer = torch.optim.Adam(factors.values(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for b in torch.randperm(len(batches), generator=order).tolist():
+            batch = batches[b]
+            nll = -chain(teacher, batch, factors).log_prob(batch.gold)
+            if not torch.isfinite(nll).all():
+                bad = batch.rows[int(torch.nonzero(~torch.isfinite(nll))[0])]
+                raise TeacherError(f"{teacher.source}: the gold labels of train sentence {bad} are not valid "
+                                   f"{teacher.scheme} (probability 0 under the scheme's constraints)")
+            optimizer.zero_grad()
+            nll.mean().backward()
+            optimizer.step()
+            total, count = total + float(nll.detach().sum()), count + len(nll)
+        history.append(total / max(count, 1))
+    return {name: value.detach() for name, value in factors.items()}, history
+
+
+def dev_scores(teacher: HFTeacher, batches: list[Batch], sentences: list[Sentence], scheme: str,
+               factors: dict[str, Tensor] | None = None) -> dict:
+    """``evaluate_tags`` on ``sentences`` (the split ``batches`` were made from) of the MaxEnt
+    teacher (``factors`` None: constrained argmax) or of its CRF under ``factors`` (Viterbi)."""
+    pred: list[list[str]] = [[] for _ in sentences]
+    with torch.no_grad():
+        for batch in batches:
+            structure = (Factorized(batch.emissions, batch.mask, teacher.constraints) if factors is None
+                         else chain(teacher, batch, factors))
+            for i, path in zip(batch.rows, structure.argmax().tolist()):
+                pred[i] = [teacher.labels[c] for c in path[:len(sentences[i].tokens)]]
+    return evaluate_tags([s.labels for s in sentences], pred, scheme)
+
+
+def fit_crf(cfg: FitCRFConfig) -> tuple[CRFTeacher, dict]:
+    """Load the checkpoint, fit its CRF on ``cfg.corpus`` train, score dev before / after; returns
+    the CRFTeacher (not saved) and a JSON-able summary (sentences, seconds of caching and of
+    fitting, NLL per epoch, dev scores before / after, ``dev_f1_before`` / ``dev_f1_after``)."""
+    teacher = HFTeacher.load(cfg.checkpoint, resolve_device(cfg.device), scheme=cfg.scheme,
+                             max_length=cfg.max_length, stride=cfg.stride)
+    train = [s for s in read_corpus(cfg.corpus, "train") if s.tokens]
+    has_dev = "dev" in corpus_splits(cfg.corpus)
+    dev = [s for s in read_corpus(cfg.corpus, "dev") if s.tokens] if has_dev else []
+    if not train:
+        raise TeacherError(f"corpus {cfg.corpus.name!r}: no labeled train sentences to fit the CRF on")
+    scheme = effective_scheme(cfg.corpus, train)
+    check_schemes(teacher.scheme, scheme, cfg.checkpoint)
+    train_gold, dev_gold = gold_ids(teacher, train), gold_ids(teacher, dev)  # refused before any forward
+    started = time.perf_counter()
+    train_batches = make_batches(cache_emissions(teacher, train, cfg.batch_size), train_gold, cfg.batch_size)
+    dev_batches = make_batches(cache_emissions(teacher, dev, cfg.batch_size), dev_gold, cfg.batch_size)
+    cached = time.perf_counter()
+    before = dev_scores(teacher, dev_batches, dev, scheme) if dev else None
+    factors, history = fit_factors(teacher, train_batches, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
+    fitted = time.perf_counter()
+    after = dev_scores(teacher, dev_batches, dev, scheme, factors) if dev else None
+    summary = {"checkpoint": cfg.checkpoint, "labels": teacher.labels, "scheme": teacher.scheme,
+               "train_sentences": len(train), "dev_sentences": len(dev), "epochs": cfg.epochs,
+               "emission_seconds": round(cached - started, 3), "fit_seconds": round(fitted - cached, 3),
+               "train_nll": history, "dev_before": before, "dev_after": after,
+               "dev_f1_before": None if before is None else main_score(before),
+               "dev_f1_after": None if after is None else main_score(after)}
+    return CRFTeacher(teacher, factors["transitions"], factors["start"], factors["end"]).eval(), summary
