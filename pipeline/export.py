@@ -111,7 +111,8 @@ class BiLSTMGraph(nn.Module):
         self.word_embed, self.head = enc.word_embed, tagger.head
         self.lstm = PaddedBiLSTM(enc.lstm)
         self.chars: CharEncoder | None = enc.chars
-        self.char_lstm = PaddedBiLSTM(enc.chars.net) if enc.chars is not None and enc.chars.kind == "lstm" else None
+        lstm_chars = enc.chars is not None and enc.chars.kind == "lstm"
+        self.char_lstm = PaddedBiLSTM(enc.chars.net) if lstm_chars else None
 
     def _char_features(self, chars: Tensor, char_lengths: Tensor) -> Tensor:
         """[N, H] per word, as ``CharEncoder.forward``."""
@@ -185,7 +186,8 @@ def _factors(tagger: Tagger) -> tuple[dict | None, dict | None]:
     dec = tagger.decoder
     pots = None
     if tagger.is_crf:
-        pots = {name: getattr(dec, name).detach().float().cpu().numpy() for name in ("transitions", "start", "end")}
+        pots = {name: getattr(dec, name).detach().float().cpu().numpy()
+                for name in ("transitions", "start", "end")}
         bad = [name for name, v in pots.items() if not np.isfinite(v).all()]
         if bad:
             raise ValueError(f"the student's CRF {', '.join(bad)} hold non-finite values; cannot export")
@@ -253,12 +255,14 @@ def export_onnx(tagger: Tagger, folder: str | Path, *, quantize: str | None = No
             level = root.level
             root.setLevel(logging.ERROR)
             try:
-                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"),
+                                 weight_type=QuantType.QInt8)
             finally:
                 root.setLevel(level)
             meta["graphs"]["int8"], meta["default"] = "model.int8.onnx", "int8"
             _write(tmp, meta)
-            meta["parity"]["int8_max_rel_gap"] = emission_gap(tagger, OnnxTagger(tmp, "int8", threads=1), PROBE)
+            int8 = OnnxTagger(tmp, "int8", threads=1)
+            meta["parity"]["int8_max_rel_gap"] = emission_gap(tagger, int8, PROBE)
         _write(tmp, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -130,7 +130,8 @@ class TransformerFeatures:
         self.tokenizer.encode_special_tokens = bool(spec["split_special_tokens"])
         self.prefix, self.suffix = list(spec["prefix"]), list(spec["suffix"])
         self.width, self.stride = int(spec["width"]), int(spec["stride"])
-        self.pad_id, self.unk_id, self.mean = int(spec["pad_id"]), int(spec["unk_id"]), spec["pooling"] == "mean"
+        self.pad_id, self.unk_id = int(spec["pad_id"]), int(spec["unk_id"])
+        self.mean = spec["pooling"] == "mean"
 
     def _pieces(self, tokens: list[str], encoding) -> tuple[list[int], list[int]]:
         grouped: list[list[int]] = [[] for _ in tokens]

@@ -26,9 +26,10 @@ from tests.helpers import tiny_sentences, write_tiny_bert  # noqa: E402
 LABELS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 TRAIN = [tokens for tokens, _ in tiny_sentences(40)]
 STUDENTS = {  # name: (encoder config, decoder)
-    "bilstm-crf-cnn": (dict(kind="bilstm", word_dim=12, hidden=16, char="cnn", char_dim=6, char_hidden=8), "crf"),
-    "bilstm-maxent-lstm2": (dict(kind="bilstm", word_dim=12, hidden=16, char="lstm", char_dim=6, char_hidden=8,
-                                 lstm_layers=2), "maxent"),
+    "bilstm-crf-cnn": (dict(kind="bilstm", word_dim=12, hidden=16, char="cnn", char_dim=6, char_hidden=8),
+                       "crf"),
+    "bilstm-maxent-lstm2": (dict(kind="bilstm", word_dim=12, hidden=16, char="lstm", char_dim=6,
+                                 char_hidden=8, lstm_layers=2), "maxent"),
     "bilstm-crf-nochar": (dict(kind="bilstm", word_dim=12, hidden=16, char="none"), "crf"),
 }
 
@@ -151,7 +152,8 @@ def test_export_folder_holds_no_pickle_and_restores_the_tagger(exported, tmp_pat
     export_onnx(tagger, tmp_path / "again")
     assert tagger.training
     tagger.eval()
-    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["export.json", "model.onnx", "vocab.json"]
+    written = sorted(p.name for p in (tmp_path / "again").iterdir())
+    assert written == ["export.json", "model.onnx", "vocab.json"]
 
 
 @pytest.mark.parametrize("pooling,decoder", [("first", "crf"), ("mean", "maxent")])
