@@ -27,7 +27,7 @@ from store.build import build_store
 from store.checks import check_k, check_store, check_verified
 from store.schema import DIGEST, manifest_digest
 from tests.store_fakes import FakeTeacher, config, write_corpus
-from tests.test_store_hostile import _spec, snapshot
+from tests.store_kit import snapshot, spec
 
 SIZES = {"train": 20, "dev": 6}
 NAMES = ["table", "tensors", "shards", "teachers", ".tmp", "README.md", ".hidden", "data.csv", "notes",
@@ -53,7 +53,8 @@ class Tally:
             outcome = "traceback"
             self.failures.append(f"{family} {case}: {type(err).__name__}: {err}")
         if expect_refusal is not None and (outcome == "refused") != expect_refusal and outcome != "traceback":
-            self.failures.append(f"{family} {case}: {outcome}, expected {'a refusal' if expect_refusal else 'success'}")
+            wanted = "a refusal" if expect_refusal else "success"
+            self.failures.append(f"{family} {case}: {outcome}, expected {wanted}")
             outcome = "silent" if expect_refusal else "wrongly refused"
         self.counts[(family, outcome)] += 1
         return outcome
@@ -198,8 +199,8 @@ def test_store_campaign(tmp_path):
         store = tmp_path / f"dup-{i}"
         shutil.copytree(clean, store)
         other = rng.choice([tid, "other-1"])
-        plan = [_spec(tid, "news", "train", c, "a") for c in range(rng.randint(1, 3))]
-        plan.insert(rng.randrange(len(plan) + 1), _spec(other, "news", "train", rng.randrange(len(plan)),
+        plan = [spec(tid, "news", "train", c, "a") for c in range(rng.randint(1, 3))]
+        plan.insert(rng.randrange(len(plan) + 1), spec(other, "news", "train", rng.randrange(len(plan)),
                                                         rng.choice("ab")))
 
         def begin(store=store, plan=plan):

@@ -36,6 +36,7 @@ from store.files import StoreLock, sha256_file
 from store.schema import DIGEST, StoreWarning, manifest_digest
 from store.writer import ShardSpec
 from tests.store_fakes import LABELS, FakeTeacher, config, write_corpus
+from tests.store_kit import snapshot, spec
 
 SIZES = {"train": 20, "dev": 6}
 
@@ -50,12 +51,6 @@ def clean(tmp_path_factory) -> Path:
 def copy(store: Path, dest: Path) -> Path:
     shutil.copytree(store, dest)
     return dest
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file (and link target) under ``folder``, with its bytes."""
-    return {p.relative_to(folder).as_posix(): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -203,17 +198,12 @@ def test_a_foreign_lock_file_is_refused_and_a_stale_lock_race_keeps_the_winner(c
     assert not list(store.glob(".lock.stale-*"))
 
 
-def _spec(teacher: str, corpus: str, split: str, chunk: int, sha: str, size: int = 8) -> ShardSpec:
-    return ShardSpec(f"{teacher}.{corpus}.{split}.{chunk:05d}", teacher, corpus, split, "en", chunk * size,
-                     size, sha)
-
-
 def test_two_corpora_of_one_name_are_refused_by_the_writer(clean, tmp_path):
     store = copy(clean, tmp_path / "store")
     tid = next(iter(open_store(store).teachers))
     bad_plans = [
-        ("planned twice", [_spec(tid, "news", "train", 0, "a"), _spec(tid, "news", "train", 0, "b")]),
-        ("planned twice", [_spec(tid, "news", "train", 0, "a"), _spec("other-1", "news", "train", 0, "a")]),
+        ("planned twice", [spec(tid, "news", "train", 0, "a"), spec(tid, "news", "train", 0, "b")]),
+        ("planned twice", [spec(tid, "news", "train", 0, "a"), spec("other-1", "news", "train", 0, "a")]),
         ("is not chunk", [ShardSpec(f"{tid}.news.train.00001", tid, "news", "train", "en", 0, 8, "a")]),
     ]
     for why, plan in bad_plans:
@@ -316,10 +306,10 @@ def test_rows_that_fail_verification_are_never_committed(clean, tmp_path, monkey
     before = (store / f"shards/{shard}.json").read_bytes()
     write = StoreWriter.write_shard
 
-    def tampered(self, spec, rows):
-        if spec.split == "dev":
+    def tampered(self, shard_spec, rows):
+        if shard_spec.split == "dev":
             rows[3] = {**rows[3], "log_z": rows[3]["log_z"] + 0.25}
-        return write(self, spec, rows)
+        return write(self, shard_spec, rows)
 
     monkeypatch.setattr(StoreWriter, "write_shard", tampered)
     with pytest.raises(StoreError) as err:
