@@ -17,12 +17,14 @@ Graph inputs (int64): BiLSTM ``words`` [B, L], ``lengths`` [B] and, with a chara
 ``chars`` [N, C], ``char_lengths`` [N]; transformer ``input_ids`` / ``attention_mask`` [R, S] and
 ``word_pieces`` [B, L, K] (see ``onnx_decode.TransformerFeatures``).
 
-Why not ``torch.onnx.export`` of the encoder itself: its packed LSTM does not export (the exporter
-fails on ``pack_padded_sequence``), and boolean-mask and ``index_add`` scatters export wrong or not
-at all. The wrappers here compute the same function with plain ops: each LSTM direction runs
-padded (the backward one on each sentence reversed within its length, so padding never reaches a
-real position), and gathers replace the scatters. ``export_onnx`` checks the graph against torch on
-a ragged probe batch before it writes anything.
+Why not ``torch.onnx.export`` of the encoder itself (TorchScript exporter, opset 17): its packed
+LSTM does not export (the exporter fails on ``pack_padded_sequence``), and the transformer's
+``index_add`` pooling exports as a ScatterElements without reduction (repeated indices overwrite
+instead of adding: wrong mean pooling). The wrappers here compute the same function with plain
+ops: each LSTM direction runs padded (the backward one on each sentence reversed within its
+length, so padding never reaches a real position), and gathers replace the scatters (also the
+boolean-mask assignment of char features to words). ``export_onnx`` checks the graph against
+torch on a ragged probe batch before it writes anything.
 """
 from __future__ import annotations
 
