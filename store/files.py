@@ -296,13 +296,17 @@ def read_manifest(root: Path) -> dict | None:
 
 def _own_leftover(entry: Path) -> bool:
     """Whether a top-level entry of a folder without manifest is one a structkd writer leaves there
-    before its first manifest: its lock record, a temporary manifest, a broken lock on its way out.
-    (An empty ``.lock`` is not counted: it may be anyone's, and an old one would be taken over.)"""
+    before its first manifest: its lock record (or a lock just created, still empty: another writer
+    starting), a temporary manifest, a broken lock on its way out. An empty ``.lock`` older than the
+    grace period is not counted: it may be anyone's, and the lock would take it over."""
     if entry.is_symlink() or not entry.is_file():
         return False
     if entry.name == LOCK_FILE:
         with open(entry, "rb") as fh:
-            return parse_lock(fh.read(4096)) is not None
+            raw = fh.read(4096)
+        if raw.strip():
+            return parse_lock(raw) is not None
+        return time.time() - entry.stat().st_mtime <= UNREADABLE_LOCK_GRACE_S
     return bool(OWN_TEMP.fullmatch(entry.name))
 
 

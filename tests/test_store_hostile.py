@@ -79,9 +79,11 @@ USER_FOLDERS = {  # a user's own folder that happens to use the store's folder n
 
 
 def user_folder(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The files, dated 1970 (a just-created empty ``.lock`` would be another writer starting)."""
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
+        os.utime(root / rel, (0, 0))
     return snapshot(root)
 
 
@@ -196,6 +198,10 @@ def test_a_foreign_lock_file_is_refused_and_a_stale_lock_race_keeps_the_winner(c
     StoreLock(store)._break(b'{"pid": 999999999}')  # judged stale, but a live writer took it meanwhile
     assert json.loads((store / ".lock").read_text())["pid"] == os.getpid()
     assert not list(store.glob(".lock.stale-*"))
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / ".lock").touch()  # another writer has just created its lock: not a user folder
+    with pytest.raises(StoreLockedError, match="still starting"):
+        annotate(tmp_path, tmp_path / "new")
 
 
 def test_two_corpora_of_one_name_are_refused_by_the_writer(clean, tmp_path):
