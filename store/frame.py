@@ -1,4 +1,5 @@
-"""Table access: the pandas frame of a store, and per-sentence dicts built from Arrow columns."""
+"""Table access: the pandas frame of a store, and per-sentence dicts built from Arrow columns; the
+reverse for the writer: a shard's Parquet rows and Zarr arrays from per-sentence dicts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from store.schema import TABLE_SCHEMA, TeacherMeta
+from store.schema import (EDGE_OFFSETS, STORED_ARRAYS, TABLE_SCHEMA, TOKEN_OFFSETS, StoreOptions,
+                          TeacherMeta)
+from store.tensors import edge_offsets, offsets_of
 
 SCALARS = ("sid", "corpus", "split", "lang", "teacher", "shard", "index", "length", "residual_mass", "log_z")
 
@@ -101,3 +104,20 @@ def shard_table(rows: list[dict]) -> pa.Table:
         np.concatenate([np.asarray(r["kbest_logprob"], dtype=np.float32) for r in rows]),
         np.full(len(rows), k), pa.float32())
     return pa.Table.from_arrays([cols[name] for name in TABLE_SCHEMA.names], schema=TABLE_SCHEMA)
+
+
+def shard_arrays(rows: list[dict], options: StoreOptions) -> dict[str, np.ndarray]:
+    """The Zarr arrays of a shard from per-sentence dicts: offsets, and the tensors the options keep
+    in the storage dtype (probabilities below ``prune`` zeroed)."""
+    dtype = np.dtype(options.dtype)
+    offsets = offsets_of([r["length"] for r in rows])
+    arrays = {TOKEN_OFFSETS: offsets}
+    names = STORED_ARRAYS[options.tensors]
+    for name in names:
+        arrays[name] = np.concatenate([np.asarray(r[name]) for r in rows]).astype(dtype)
+    if "edge" in names:
+        arrays[EDGE_OFFSETS] = edge_offsets(offsets)
+        if options.prune:
+            for name in ("node", "edge"):
+                arrays[name][arrays[name] < options.prune] = 0
+    return arrays

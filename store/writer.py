@@ -20,20 +20,17 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from store.files import (StoreLock, atomic_json, check_folder, entries_under, files_under, fsync_dir,
                          fsync_tree, local_root, read_manifest, remove_named, remove_scratch, sha256_file,
                          write_arrays)
-from store.frame import shard_table
-from store.schema import (DIGEST, EDGE_OFFSETS, FORMAT, MANIFEST, MARKER_DIR, OWN_MARKER_TEMP, OWN_TEMP,
-                          SCHEMA_VERSION, SPLITS, STORED_ARRAYS, TABLE_DIR, TEACHER_ARRAYS, TEACHER_DIR,
-                          TENSOR_DIR, TMP_DIR, TOKEN_OFFSETS, VERIFIED, StoreError, StoreOptions,
-                          StoreWarning, TeacherMeta, is_shard_id, manifest_digest, manifest_state,
-                          marker_path, shard_id, table_path, teacher_entry_problems, teacher_path,
-                          tensor_path)
-from store.tensors import edge_offsets, offsets_of
+from store.frame import shard_arrays, shard_table
+from store.schema import (DIGEST, FORMAT, MANIFEST, MARKER_DIR, OWN_MARKER_TEMP, OWN_TEMP, SCHEMA_VERSION,
+                          SPLITS, TABLE_DIR, TEACHER_ARRAYS, TEACHER_DIR, TENSOR_DIR, TMP_DIR, TOKEN_OFFSETS,
+                          VERIFIED, StoreError, StoreOptions, StoreWarning, TeacherMeta, is_shard_id,
+                          manifest_digest, manifest_state, marker_path, shard_id, table_path,
+                          teacher_entry_problems, teacher_path, tensor_path)
 from store.verify import check_rows
 
 ROW_GROUP = 1024  # sentences per Parquet row group (streaming reads one group at a time)
@@ -288,7 +285,8 @@ class StoreWriter:
         if foreign:
             raise StoreError(f"{self.root}: shard {spec.id}: {foreign[0]} is not named by this store's "
                              "records; annotate does not delete it: move it out of the store")
-        offsets, arrays = self._arrays(rows)
+        arrays = shard_arrays(rows, self.options)
+        offsets = arrays[TOKEN_OFFSETS]
         table = shard_table(rows)
         problems = check_rows(spec.id, spec.__dict__, teacher, self.options, table, arrays, max_problems=3)
         if problems:
@@ -319,21 +317,6 @@ class StoreWriter:
             atomic_json(self.root / marker_path(spec.id), marker)
         self.done[spec.id] = marker
         return marker
-
-    def _arrays(self, rows: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(offsets, the shard's Zarr arrays in the storage dtype, pruned as the options say)."""
-        dtype = np.dtype(self.options.dtype)
-        offsets = offsets_of([r["length"] for r in rows])
-        arrays = {TOKEN_OFFSETS: offsets}
-        names = STORED_ARRAYS[self.options.tensors]
-        for name in names:
-            arrays[name] = np.concatenate([np.asarray(r[name]) for r in rows]).astype(dtype)
-        if "edge" in names:
-            arrays[EDGE_OFFSETS] = edge_offsets(offsets)
-            if self.options.prune:
-                for name in ("node", "edge"):
-                    arrays[name][arrays[name] < self.options.prune] = 0
-        return offsets, arrays
 
     def check_plan(self, plan: list[ShardSpec]) -> None:
         """Refuse a plan in which two shards would hold the same sentences: a shard id twice or the
