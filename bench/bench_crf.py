@@ -2,6 +2,7 @@
 
     python bench/bench_crf.py                      # B=32, L in {20, 40, 100}, T in {9, 37}
     python bench/bench_crf.py --threads 1 --clock cpu --lengths 40 --labels 37
+    python bench/bench_crf.py --device cuda          # same table on a GPU (wall clock, synchronized)
 
 Prints a markdown table of median milliseconds per call. Every implementation gets the same random
 batch (lengths drawn in [L/2, L], one sentence of length L), in the same process. Baselines are
@@ -108,7 +109,7 @@ def torch_struct(emissions, transitions, mask, ks, max_elements, teacher, tags):
 
 
 def pytorch_crf(emissions, transitions, mask, ks, max_elements, teacher, tags):
-    model = TorchCRF(transitions.shape[0], batch_first=True)
+    model = TorchCRF(transitions.shape[0], batch_first=True).to(emissions.device)
     with torch.no_grad():
         model.transitions.copy_(transitions)
         model.start_transitions.zero_()
@@ -171,6 +172,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: wall clock after a sync)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall-clock time, or CPU time of the process (use with --threads 1)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["torch-struct", "pytorch-crf"],
@@ -183,11 +185,19 @@ def main():
     warnings.filterwarnings("ignore")
     gen = torch.Generator().manual_seed(args.seed)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    device = torch.device(args.device)
+    if device.type == "cuda":  # kernels are asynchronous: time up to their completion
+        if args.clock == "cpu":
+            parser.error("--clock cpu does not time GPU kernels; use --clock wall with --device cuda")
+
+        def clock():
+            torch.cuda.synchronize()
+            return time.perf_counter()
     baselines = {"torch-struct": torch_struct if LinearChainCRF else None,
                  "pytorch-crf": pytorch_crf if TorchCRF else None}
     baselines = {name: make for name, make in baselines.items() if name not in args.skip}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{args.clock} clock; B={args.batch}; median of {args.reps} "
+          f"{args.clock} clock, {device}; B={args.batch}; median of {args.reps} "
           f"(budget {args.budget:.0f} s per cell); "
           f"missing baselines: {[n for n, b in baselines.items() if b is None] or 'none'}\n")
     print("| L | T | operation | ours ms | torch-struct ms | pytorch-crf ms | torch-struct / ours "
@@ -203,6 +213,8 @@ def main():
             teacher = crf.marginals(torch.randn(emissions.shape, generator=gen) * 3,
                                     torch.randn(transitions.shape, generator=gen), mask)
             tags = torch.randint(0, num_labels, (args.batch, length), generator=gen)
+            mask, emissions, transitions, tags = (x.to(device) for x in (mask, emissions, transitions, tags))
+            teacher = tuple(x.to(device) for x in teacher)
             fns = {("ours", op): fn for op, fn in ours(emissions, transitions, mask, args.ks,
                                                       args.max_struct_elements, teacher, tags).items()}
             for lib, make in baselines.items():
