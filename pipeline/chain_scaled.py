@@ -12,14 +12,16 @@ Exactness check (per sentence, after each pass; `ok` False sends the sentence to
 recursions of `pipeline.chain_log`): float32 keeps full relative precision down to 2^-126, and a sum
 of positive terms never loses relative precision, so the result is as exact as in log space when
  - every entry that is positive before the division by n_i is at least 2^-126 * T / eps, so whatever
-   a product flushed to zero (each term at most 2^-126) is below rounding (`log_tiny`);
+   a product flushed to zero (each term at most 2^-126) is below rounding (`LOG_TINY`);
  - every entry is zero exactly where the structure says so (a label is reachable from the previous
    position's support through an allowed transition and has a finite emission): an underflowed E,
    P or product that zeroed a reachable label is caught here;
  - the final dot product with exp(end - max end) and each position's alpha . beta pass the same
    bound. -inf potentials (constraints) are exact zeros. A sentence with no allowed path (log Z =
    -inf), NaN or +inf fails the check and goes to log space, which handles it.
-In practice only potentials whose per-step log-odds exceed ~60 nats fail (tests/test_chain.py).
+Measured (B=64, L=40): all sentences pass up to per-word emission ranges of ~30 nats (T=9) / ~34
+(T=37), a fraction fails from ~36 / ~43, all fail from ~60; the trained CoNLL-2003 teacher
+(../shared/models/conll03-minilm-crf, ranges 14 median, 20 max) passes on all 640 dev sentences.
 
 Layout: position-major [L', B, T] buffers, so each step reads and writes contiguous [B, T] rows.
 The forward pass runs on past a sentence's end (values never read; log Z reads each sentence's last
@@ -51,7 +53,7 @@ class Scaled:
     t_shift: Tensor  # [B or 1, 1, 1]
     end_exp: Tensor  # [B or 1, T] exp(end - its max)
     alpha: Tensor  # [L', B, T], each position sums to 1
-    log_z: Tensor  # [B] float32
+    log_z: Tensor  # [B], the input dtype (float32 from `prepare`)
     ok: Tensor  # [B] bool: the check passed (so far)
     constrained: bool  # some transition or start factor is -inf
     beta: Tensor | None = None  # [L', B, T], each position sums to 1
