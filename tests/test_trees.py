@@ -229,13 +229,14 @@ def _naive_mean_field(arc, sib, gp, n, iterations):
     """Per-sentence loops over the update equations of pipeline.structs.second_order."""
     size = n + 1
     ok = [[h != d and d >= 1 for d in range(size)] for h in range(size)]
-    q = np.zeros((size, size))
+
     def softmax(f):
         out = np.zeros((size, size))
         for d in range(1, size):
             col = np.array([f[h][d] if ok[h][d] else -np.inf for h in range(size)])
             out[:, d] = np.exp(col - col.max()) / np.exp(col - col.max()).sum()
         return out
+
     q = softmax(arc)
     for _ in range(iterations):
         f = arc.copy()

@@ -16,6 +16,11 @@ autograd, the outside pass) and the k-best semiring gives the exact k best trees
 k = 0 and C_r[0, n] = (+)_k I_r[0, k] (x) C_r[k, n] adds exactly one root arc (SuPar's
 ``multiroot=False``). Spans of width w are computed at once (one gather per chart), so a sentence
 costs L Python steps.
+
+The inside pass runs in float64: in float32 its marginals were 2e-5 / 7e-5 off (40 / 100 words,
+scores N(0, 20^2); 5e-6 at N(0, 2^2)) against float64, the chart entries growing with length x
+scale, for a 25% cost (log Z + marginals of 32 x 40 words: 50 -> 63 ms on one thread, measured).
+The k-best pass is max-plus (sums only, no exp) and stays float32.
 """
 from __future__ import annotations
 
@@ -51,8 +56,9 @@ def _root_gate(value: Tensor, lengths: Tensor, width: int) -> Tensor:
 
 
 def log_partition(arc: Tensor, lengths: Tensor, single_root: bool = True) -> Tensor:
-    """log Z [B] over projective trees (float32 in, float32 out; differentiable: its gradient with
-    respect to ``arc`` is the arc marginals, Eisner's outside pass)."""
+    """log Z [B] over projective trees, in ``arc``'s dtype, computed in float64 (differentiable: its
+    gradient with respect to ``arc`` is the arc marginals, Eisner's outside pass)."""
+    dtype, arc = arc.dtype, arc.double()
     batch, size, _ = arc.shape
     full = arc.new_full((batch, size, size), NEG_INF)
     c_l, c_r, i_l, i_r = full.clone(), full.clone(), full.clone(), full.clone()
@@ -67,7 +73,7 @@ def log_partition(arc: Tensor, lengths: Tensor, single_root: bool = True) -> Ten
         c_l[:, i[:, 0], j[:, 0]] = logsumexp(c_l[:, i, i + t] + i_l[:, i + t, j], -1)
         right = logsumexp(i_r[:, i, i + t + 1] + c_r[:, i + t + 1, j], -1)
         c_r[:, i[:, 0], j[:, 0]] = _root_gate(right, lengths, w) if single_root else right
-    return c_r[torch.arange(batch, device=arc.device), 0, lengths]
+    return c_r[torch.arange(batch, device=arc.device), 0, lengths].to(dtype)
 
 
 def _rank_pairs(k: int, device) -> tuple[Tensor, Tensor]:

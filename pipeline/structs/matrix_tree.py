@@ -1,7 +1,7 @@
 """log Z over non-projective dependency trees by the matrix-tree theorem (Koo et al. 2007).
 
 Positions 0..L (0 = the root), ``arc[b, h, d]`` the log-potential of h -> d; arcs into the root,
-self loops and arcs touching padding must be -inf (``tree.arc_potentials`` makes them so). With
+self loops and arcs touching padding must be -inf (``DependencyCRF.parts`` makes them so). With
 A[h, d] = exp(arc[h, d]) over the n words, the Laplacian is
 
     M[h, d] = -A[h, d] (h != d),   M[d, d] = sum_{h word} A[h, d]  (+ A[0, d] when multi-root)
@@ -13,9 +13,12 @@ per-dependent constant c_d from column d changes log Z by -c_d: with c_d = max_h
 entry is <= 1 and log Z = log det(M(arc - c)) + sum_d c_d. Padded words get an identity row and
 column (determinant unchanged).
 
-The determinant runs in float64: in float32 the log Z of random sentences of 40 words (scores
-N(0, 2^2)) is off by up to 1.6e-5 relative and the arc marginals by up to 2e-3 (absolute) against
-float64, which is 10x the float32 rounding of the same quantities computed by Eisner (measured).
+The determinant runs in float64, measured against float64 on 32 sentences with scores N(0, sigma^2):
+in float32 the arc marginals are off by 3e-7 / 9e-5 / 8.0
+(sigma = 2 / 10 / 20, 40 words) and 3e-4 at sigma = 10 with 100 words, and at sigma = 20 a
+determinant comes out negative; peaked scores are what trained parsers and low temperatures give.
+In float64 every column of marginals sums to 1 within 2.2e-7 in all those cases (1e-15 at sigma 2).
+The cost is nothing that shows: log Z + marginals of 32 x 40 words take 3 ms on one thread.
 """
 from __future__ import annotations
 

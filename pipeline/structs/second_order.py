@@ -51,7 +51,8 @@ def mean_field_heads(arc: Tensor, sib: Tensor | None, mask: Tensor, iterations: 
         raise ValueError(f"tau must be positive, got {tau}")
     size = arc.shape[-1]
     if mask.shape != (arc.shape[0], size - 1):
-        raise ValueError(f"mask must be [B, L] = {(arc.shape[0], size - 1)} over the words, got {tuple(mask.shape)}")
+        raise ValueError(f"mask must be [B, L] = {(arc.shape[0], size - 1)} over the words, "
+                         f"got {tuple(mask.shape)}")
     allowed = allowed_arcs(mask.bool().sum(1), size)
     unary = (arc.float() / tau).masked_fill(~allowed, NEG_INF)
     distinct = ~torch.eye(size, dtype=torch.bool, device=arc.device)

@@ -179,7 +179,8 @@ class DependencyCRF(_Arcs):
         scores = torch.full((len(arc), k), NEG_INF, dtype=torch.float64)
         matrices = arc.double().cpu().numpy()
         for row, n in enumerate(self.word_lengths.tolist()):
-            for rank, (value, tree) in enumerate(mst.kbest_trees(matrices[row, :n + 1, :n + 1], k, self.single_root)):
+            found = mst.kbest_trees(matrices[row, :n + 1, :n + 1], k, self.single_root)
+            for rank, (value, tree) in enumerate(found):
                 heads[row, rank, :n + 1] = torch.from_numpy(tree)
                 scores[row, rank] = value
         return heads.to(arc.device), scores.to(arc.device, arc.dtype)
