@@ -9,7 +9,7 @@ import torch
 
 from pipeline import chain_partition, chain_scaled, crf
 from pipeline.potentials import Potentials, prepare
-from tests.test_crf import bio_constraints, brute, make_batch, random_constraints
+from tests.crf_oracle import bio_constraints, brute, make_batch, random_constraints
 
 NEG_INF = float("-inf")
 

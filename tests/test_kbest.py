@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline import crf, kbest
-from tests.test_crf import make_batch, random_constraints
+from tests.crf_oracle import make_batch, random_constraints
 
 NEG_INF = float("-inf")
 
