@@ -285,6 +285,22 @@ class EvaluateConfig:
 
 
 @dataclass
+class FitCRFConfig:
+    """``structkd fit-crf``: a CRF (transitions, start, end) over a frozen HF teacher."""
+    checkpoint: str = "models/hf-teacher"  # HF token-classification folder or hub name
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)  # labeled: train (fit), dev (F1)
+    out: str = "models/hf-teacher-crf"
+    scheme: str | None = None  # the checkpoint's tag scheme; None = detected from its labels
+    max_length: int | None = None  # sub-word window; None = the model's maximum
+    stride: int = 32
+    epochs: int = 5
+    lr: float = 0.05
+    batch_size: int = 32  # sentences per Adam step (and per teacher forward when caching)
+    seed: int = 13
+    device: str = "auto"  # where the checkpoint runs; the CRF factors are fitted on the CPU
+
+
+@dataclass
 class ReportConfig:
     evaluate: str = "metrics/evaluate.json"
     methods: list[str] = field(default_factory=list)  # distill runs: runs_dir/<method>
@@ -386,6 +402,14 @@ RULES: dict[tuple[type, str], Any] = {
     (EvaluateConfig, "batch_size"): _AT_LEAST_1,
     (EvaluateConfig, "device"): _DEVICE,
     (ReportConfig, "methods"): Each(),
+    (FitCRFConfig, "scheme"): OneOf(names=_entity_schemes, fold_case=True),
+    (FitCRFConfig, "max_length"): _AT_LEAST_1,
+    (FitCRFConfig, "stride"): _AT_LEAST_0,
+    (FitCRFConfig, "epochs"): _AT_LEAST_1,
+    (FitCRFConfig, "lr"): _POSITIVE,
+    (FitCRFConfig, "batch_size"): _AT_LEAST_1,
+    (FitCRFConfig, "seed"): Range(0, 2**32 - 1),
+    (FitCRFConfig, "device"): _DEVICE,
 }
 
 

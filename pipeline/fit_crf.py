@@ -12,7 +12,6 @@ is measured on the same cached emissions (pipeline.metrics).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -20,27 +19,12 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from pipeline.batching import budget_batches
-from pipeline.config import CorpusConfig
+from pipeline.config import FitCRFConfig
 from pipeline.corpus import Sentence, corpus_splits, effective_scheme, read_corpus
 from pipeline.hf_teacher import CRFTeacher, HFTeacher, TeacherError, check_schemes
 from pipeline.metrics import evaluate_tags, main_score
 from pipeline.structs import ChainCRF, Factorized
 from pipeline.trainer import resolve_device
-
-
-@dataclass
-class FitCRFConfig:
-    checkpoint: str = "models/hf-teacher"  # HF token-classification folder or hub name
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)  # labeled: train (fit), dev (F1)
-    out: str = "models/hf-teacher-crf"
-    scheme: str | None = None  # the checkpoint's tag scheme; None = detected from its labels
-    max_length: int | None = None  # sub-word window; None = the model's maximum
-    stride: int = 32
-    epochs: int = 5
-    lr: float = 0.05
-    batch_size: int = 32  # sentences per Adam step (and per teacher forward when caching)
-    seed: int = 13
-    device: str = "auto"  # where the checkpoint runs; the CRF factors are fitted on the CPU
 
 
 class Batch(NamedTuple):

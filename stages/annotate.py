@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.config import AnnotateConfig, CorpusConfig, from_dict
 from pipeline.params import load_config
-from stages.common import check_model_folder, console, params_file
+from stages.common import check_teacher_source, console, params_file
 from store.build import build_store
 from store.schema import SPLITS, StoreError
 
@@ -95,7 +95,7 @@ def main(
              "mix_teachers": mix_teachers, "tensors": tensors, "prune": prune}
     cfg: AnnotateConfig = load_config(AnnotateConfig, params_file(params), [section], flags)
     for lang, folder in cfg.teachers.items():
-        check_model_folder(folder, f"{section}.teachers.{lang}")
+        check_teacher_source(folder, f"{section}.teachers.{lang}")
     try:
         manifest = run_annotate(cfg, progress)
     except StoreError as err:

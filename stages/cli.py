@@ -17,7 +17,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from pipeline.errors import UserError
 from pipeline.readers import CorpusWarning
-from stages import annotate, distill, evaluate, predict, prepare, report, store_cmd, train_teacher
+from stages import (annotate, distill, evaluate, export, fit_crf, predict, prepare, report, store_cmd,
+                    train_teacher)
 from stages.common import console, params_file
 
 hf_logging.disable_progress_bar()
@@ -53,9 +54,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-for _name, _stage in [("prepare", prepare), ("train-teacher", train_teacher), ("annotate", annotate),
-                      ("distill", distill), ("evaluate", evaluate), ("predict", predict),
-                      ("report", report)]:
+for _name, _stage in [("prepare", prepare), ("train-teacher", train_teacher), ("fit-crf", fit_crf),
+                      ("annotate", annotate), ("distill", distill), ("evaluate", evaluate),
+                      ("predict", predict), ("export", export), ("report", report)]:
     app.command(_name, cls=_Stage)(_stage.main)
 app.add_typer(store_cmd.app, name="store", help="Verify, inspect and show a teacher-output store.")
 

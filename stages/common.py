@@ -46,6 +46,18 @@ def check_model_folder(folder: str | Path, key: str) -> Path:
         raise DataError(f"{key}: {folder} does not exist (expected a model folder)")
     if not path.is_dir():
         raise DataError(f"{key}: {folder} is a file, not a model folder")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "crf.json").is_file():
         raise DataError(f"{key}: {folder} is not a model folder (no config.json)")
     return path
+
+
+def check_teacher_source(source: str, key: str) -> str:
+    """``source`` if a stage can load it as a teacher: a model folder (``check_model_folder``: ours,
+    a Hugging Face checkpoint, a fit-crf folder with crf.json) or a hub name ``owner/name`` that is
+    no path here (``pipeline.hf_teacher.looks_like_hub_name``)."""
+    from pipeline.hf_teacher import looks_like_hub_name  # torch: imported only when a stage runs
+
+    if not Path(source).exists() and looks_like_hub_name(source):
+        return source
+    check_model_folder(source, key)
+    return source

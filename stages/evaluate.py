@@ -9,11 +9,12 @@ import typer
 from pipeline.config import EvaluateConfig
 from pipeline.corpus import check_corpora, corpus_splits, read_corpus
 from pipeline.metrics import evaluate_tags
-from pipeline.tagger import Tagger
+from pipeline.hf_teacher import load_any_teacher
 from pipeline.trainer import predict, resolve_device
 from pipeline.errors import ConfigError
 from pipeline.params import load_config
-from stages.common import check_model_folder, console, params_file, top_level_methods
+from stages.common import (check_model_folder, check_teacher_source, console, params_file,
+                           top_level_methods)
 from store.files import atomic_json
 
 
@@ -24,7 +25,7 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     corpora, or a corpus with none of the splits is refused (it would score nothing, silently)."""
     device = resolve_device(cfg.device)
     results: dict[str, dict] = {}
-    models = {name: check_model_folder(folder, f"{section}.models.{name}")
+    models = {name: check_teacher_source(folder, f"{section}.models.{name}")
               for name, folder in cfg.models.items()}
     models.update({m: check_model_folder(Path(cfg.runs_dir) / m / "model", f"{section}.methods.{m}")
                    for m in cfg.methods})
@@ -41,7 +42,7 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     data = [(corpus, split, read_corpus(corpus, split)) for corpus in cfg.corpora  # read once
             for split in cfg.splits if split in corpus_splits(corpus)]
     for name, folder in models.items():
-        tagger = Tagger.load(folder, device=device)
+        tagger = load_any_teacher(folder, device)
         scores: dict[str, dict] = {}
         for corpus, split, sentences in data:
             pred = predict(tagger, sentences, batch_size=cfg.batch_size)

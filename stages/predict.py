@@ -1,4 +1,5 @@
-"""`structkd predict`: label a CoNLL file or raw text with a saved model folder (batched, CPU)."""
+"""`structkd predict`: label a CoNLL file or raw text with a saved model folder (batched, CPU), or
+with an ONNX export of one (`structkd export`; run by onnxruntime, decoded in numpy)."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +10,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import ConfigError
+from pipeline.onnx_decode import OnnxTagger, is_export
 from pipeline.readers import read_conll, read_raw
 from pipeline.rules import check_device
 from pipeline.tagger import Tagger
@@ -25,7 +27,7 @@ def check_format(fmt: str) -> None:
         raise ConfigError(f"--format: must be one of {list(FORMATS)}, got {fmt!r}")
 
 
-def label_file(model: Tagger, path: Path, fmt: str, word_col: int = 0,
+def label_file(model: Tagger | OnnxTagger, path: Path, fmt: str, word_col: int = 0,
                batch_size: int = 64) -> tuple[str, int]:
     """(CoNLL text, sentence count) of ``path``: ``word label`` lines, a blank line after each sentence."""
     check_format(fmt)
@@ -33,7 +35,10 @@ def label_file(model: Tagger, path: Path, fmt: str, word_col: int = 0,
         sentences = read_conll(path, "input", "test", word_col=word_col, label_col=None)
     else:
         sentences = read_raw(path, "input", "test")
-    pred = predict_labels(model, sentences, batch_size=batch_size)
+    if isinstance(model, OnnxTagger):
+        pred = model.predict(sentences, batch_size=batch_size)
+    else:
+        pred = predict_labels(model, sentences, batch_size=batch_size)
     text = "".join("".join(f"{w} {t}\n" for w, t in zip(s.tokens, labels)) + "\n"
                    for s, labels in zip(sentences, pred))
     return text, len(sentences)
@@ -41,7 +46,8 @@ def label_file(model: Tagger, path: Path, fmt: str, word_col: int = 0,
 
 def main(
     input: Path = typer.Argument(..., exists=True, dir_okay=False, help="CoNLL file or raw text."),
-    model: Path = typer.Option(..., exists=True, file_okay=False, help="Model folder (teacher or student)."),
+    model: Path = typer.Option(..., exists=True, file_okay=False,
+                               help="Model folder (teacher or student), or an ONNX export of one."),
     format: str = typer.Option("conll", help="conll (words in --word-col) | raw (one document a line)."),
     output: Optional[Path] = typer.Option(None, help="File to write (default: stdout)."),
     word_col: int = typer.Option(0, help="CoNLL: column of the words."),
@@ -52,7 +58,12 @@ def main(
     started = time.perf_counter()
     check_format(format)
     check_device(device, "--device")
-    tagger = Tagger.load(check_model_folder(model, "--model"), device=resolve_device(device))
+    if is_export(model):  # onnxruntime on CPU (--device does not apply), torch's thread count (--threads)
+        import torch
+
+        tagger = OnnxTagger.load(model, threads=torch.get_num_threads())
+    else:
+        tagger = Tagger.load(check_model_folder(model, "--model"), device=resolve_device(device))
     text, count = label_file(tagger, input, format, word_col, batch_size)
     if output is None:
         sys.stdout.write(text)

@@ -34,11 +34,13 @@ OnBatch = Callable[[int, int], None]  # (sentences, words) annotated
 
 
 def load_teacher(folder: str, device: str = "auto") -> Teacher:
-    """A teacher model folder (``Tagger.save``) on ``device`` (``auto``: CUDA when present)."""
-    from pipeline.tagger import Tagger
+    """A teacher on ``device`` (``auto``: CUDA when present): our model folder, a Hugging Face
+    token-classification checkpoint (folder or hub name) or a ``fit-crf`` folder
+    (``pipeline.hf_teacher.load_any_teacher``)."""
+    from pipeline.hf_teacher import load_any_teacher
     from pipeline.trainer import resolve_device
 
-    return Tagger.load(folder, resolve_device(device)).eval()
+    return load_any_teacher(folder, resolve_device(device))
 
 
 def structure_device(teacher: Teacher) -> torch.device:

@@ -16,7 +16,7 @@ from pipeline.kd.types import TeacherTargets
 from pipeline.tagger import Tagger
 from pipeline.teaching import rounded, teacher_factors, teacher_targets
 from pipeline.trainer import resolve_device
-from store.checks import check_store, open_checked, verify_files
+from store.checks import check_k, check_store, check_verified, open_checked, verify_files
 from store.reader import Store
 from store.schema import StoreError
 from store.stream import KBEST_FIELDS, Batch, StoreStream
@@ -97,6 +97,8 @@ def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillDat
     ``cfg.kd.tau`` (refused when the store keeps fewer paths)."""
     store = open_checked(cfg.store)
     labels, scheme = check_store(store, cfg.labels)
+    check_verified(store)
+    check_k(store, cfg.kd.k)
     splits = ["train"] + (["unlabeled"] if cfg.use_unlabeled and cfg.kd.method != "none" else [])
     kinds = frozenset("chain" if t.is_crf else "factorized" for t in store.teachers.values())
 

@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.batching import pack
 from pipeline.kd.types import TeacherTargets
-from store.checks import check_store, open_checked, verify_files
+from store.checks import check_k, check_store, open_checked, verify_files
 from store.frame import list_column
 from store.reader import Store
 from store.schema import TOKEN_OFFSETS, StoreError
@@ -101,10 +101,7 @@ class StoreStream(IterableDataset):
         if batch_tokens < 1 or shuffle_buffer < 1 or (k is not None and k < 1):
             raise ValueError("batch_tokens, shuffle_buffer and k must be >= 1")
         self.labels, self.scheme = check_store(self.store, labels)
-        stored_k = self.store.options.k
-        if k is not None and k > stored_k:
-            raise StoreError(f"{self.store.url}: k = {k} k-best paths asked for, but the store keeps "
-                             f"k = {stored_k} per sentence (re-annotate with --k {k}, or use k <= {stored_k})")
+        check_k(self.store, k)
         self.tau = float(self.store.options.tau if tau is None else tau)
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")

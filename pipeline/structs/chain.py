@@ -111,7 +111,11 @@ class ChainCRF(Structure):
             raise ValueError(f"ChainCRF.expected_score needs marginals {missing}")
         p, mask = self.parts, self.mask
         node = marginals["node"].float().masked_fill(~mask.unsqueeze(-1), 0.0)
-        pairs = marginals["edge"].float().masked_fill(~mask[:, 1:, None, None], 0.0).sum(1)
+        # masked sum over positions as one batched matmul: 0.12 ms where masked_fill + sum took
+        # 0.82 ms at B=32, L=20, T=37 (bench/README.md); NaN garbage at padding is zeroed first
+        edge = marginals["edge"].float()
+        edge = torch.where(torch.isfinite(edge), edge, 0.0)
+        pairs = torch.einsum("bl,blac->bac", mask[:, 1:].to(edge.dtype), edge)
         first = marginals["start"].float() if "start" in marginals else node[:, 0]
         last = marginals["end"].float() if "end" in marginals else _last(node, self.lengths)
         trans = p["edge"] if p["edge"].dim() == 3 else p["edge"].unsqueeze(0)
