@@ -54,14 +54,25 @@ def device_for(world: World, name: str) -> torch.device:
     return torch.device(name)
 
 
-def init(world: World, device: torch.device) -> None:
-    """Join the job's process group once (nccl for CUDA devices, gloo otherwise)."""
+def init(world: World, device: torch.device) -> bool:
+    """Join the job's process group once (nccl for CUDA devices, gloo otherwise); True when this
+    call created it (then the caller ends it with ``finish``)."""
     if not world.distributed or dist.is_initialized():
-        return
+        return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
                             world_size=world.size)
+    return True
+
+
+def finish(world: World, created: bool) -> None:
+    """Leave the process group ``init`` created, after a last barrier: a process that exits with
+    the group still up can abort in the backend's teardown (seen: SIGABRT on a gloo rank that had
+    nothing left to do)."""
+    if created and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier(world: World) -> None:

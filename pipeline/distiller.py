@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import DistillConfig, KDConfig, to_dict
 from pipeline.decoders import DECODERS
-from pipeline.dist import World, barrier, broadcast, device_for, init, world_from_env
+from pipeline.dist import World, broadcast, device_for, finish, init, world_from_env
 from pipeline.kd import build_objective, check_schedule, combine, lambda_for, nll
 from pipeline.kd.registry import objective_options
 from pipeline.loop import Loop, Step
@@ -130,7 +130,7 @@ class Distiller:
         self.world = world or world_from_env()
         seed_everything(cfg.optim.seed)
         self.device = device_for(self.world, cfg.device)
-        init(self.world, self.device)
+        self.created_group = init(self.world, self.device)
         self.labels, self.scheme = data.labels, data.scheme
         self.objective = build_kd_objective(cfg.kd).to(self.device)
         vocab = data.vocab() if cfg.model.encoder.kind == "bilstm" else None
@@ -230,8 +230,9 @@ class Distiller:
                 path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n",
                                 encoding="utf-8")
             _write_csv(out / "epochs.csv", self.loop.records)
-        barrier(self.world)
-        return broadcast(self.world, metrics)
+        metrics = broadcast(self.world, metrics)
+        finish(self.world, self.created_group)
+        return metrics
 
     def _metrics(self, best: dict, test: dict | None) -> dict:
         cfg, records = self.cfg, self.loop.records

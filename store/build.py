@@ -23,7 +23,7 @@ import torch
 
 from pipeline.batching import budget_batches
 from pipeline.config import AnnotateConfig, CorpusConfig
-from pipeline.dist import World, broadcast, device_for, first_error, init, world_from_env
+from pipeline.dist import World, broadcast, device_for, finish, first_error, init, world_from_env
 from pipeline.precision import autocast
 from pipeline.corpus import Sentence, check_corpora, corpus_splits, read_corpus
 from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
@@ -187,9 +187,17 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
     committed shards, and a rerun resumes. A second job on the store is refused by the lock.
     """
     world = world or world_from_env()
-    options = StoreOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StoreOptions)})
     device = device_for(world, cfg.device)
-    init(world, device)
+    created = init(world, device)
+    try:
+        return _build(cfg, world, device, teachers, on_batch, on_skip, on_plan)
+    finally:
+        finish(world, created)
+
+
+def _build(cfg, world, device, teachers, on_batch, on_skip, on_plan) -> dict:
+    """build_store's work (see there) in an initialized world."""
+    options = StoreOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StoreOptions)})
     main = StoreWriter(cfg.out, options, mix_teachers=cfg.mix_teachers) if world.is_main else None
     with main if main is not None else contextlib.nullcontext():
         error = None
