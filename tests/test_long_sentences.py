@@ -6,6 +6,8 @@ each long sentence batched with a shorter one so that padding is exercised. With
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -99,3 +101,30 @@ def test_long_sentences_match_float64(length, constrained):
         own = crf.path_score(em[b:b + 1], trans, viterbi_paths[b:b + 1], mask[b:b + 1], start, end, **opts)
         ref = score64(em[b, :n], trans, start, end, viterbi_paths[b, :n], constraints)
         assert float(own) == pytest.approx(float(ref), rel=1e-7)
+
+
+@pytest.mark.parametrize("length", [3000, 20000])
+def test_long_sentence_through_annotate_verify_and_distill(tmp_path, length):
+    """One very long sentence among short ones: annotate writes it (its own write-time check passes),
+    store verify accepts it, and distill trains on it with a finite loss."""
+    import random
+
+    from pipeline.config import DecoderConfig, DistillConfig, EncoderConfig, KDConfig, ModelConfig, OptimConfig
+    from store import verify_store
+    from store.build import build_store
+    from store.feed import distill
+    from tests.store_fakes import WORDS, FakeTeacher, config
+
+    cfg = config(tmp_path / "data", sizes={"train": 6, "dev": 3}, k=2, shard_size=8, batch_tokens=30000)
+    train = Path(cfg.corpora[0].files["train"])
+    rng = random.Random(length)
+    long = "\n".join(f"{rng.choice(WORDS)} O" for _ in range(length))
+    train.write_text(train.read_text().rstrip("\n") + "\n\n" + long + "\n")
+    manifest = build_store(cfg, teachers={"en": FakeTeacher()})
+    assert manifest["totals"]["rows"] == 10 and verify_store(cfg.out) == []
+    model = ModelConfig(EncoderConfig(kind="bilstm", word_dim=4, hidden=4, char="none", dropout=0.0),
+                        DecoderConfig(kind="crf"))
+    run = DistillConfig(store=cfg.out, kd=KDConfig(method="structural"), model=model, device="cpu",
+                        optim=OptimConfig(epochs=1, lr=1e-2), batch_tokens=30000, out=str(tmp_path / "run"))
+    metrics = distill(run, progress=False)
+    assert metrics["train_sentences"] == 7 and metrics["steps"] >= 1
