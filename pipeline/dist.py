@@ -59,6 +59,9 @@ def init(world: World, device: torch.device) -> bool:
     call created it (then the caller ends it with ``finish``)."""
     if not world.distributed or dist.is_initialized():
         return False
+    # every rank's HF tokenizer would start a thread pool of one thread per core: N ranks
+    # oversubscribe the cores (measured: 2 annotate ranks on 2 cores 0.82x one rank, 1.77x without)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
