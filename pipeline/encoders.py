@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pipeline.config import EncoderConfig
 from pipeline.potentials import NEG_INF
+from pipeline.windows import most_central, windows
 
 PAD, UNK = "<pad>", "<unk>"
 MAX_WORD_CHARS = 64  # characters of a word seen by the char CNN/LSTM (the rest is cut)
@@ -44,25 +45,6 @@ def load_tokenizer(path: str):
     if not tokenizer.is_fast:
         raise ValueError(f"{path}: a fast tokenizer is required (word_ids alignment)")
     return tokenizer
-
-
-def _windows(n: int, width: int, stride: int) -> list[int]:
-    """Start offsets of windows of ``width`` sub-words covering ``n``, neighbours sharing ``stride``."""
-    if n <= width:
-        return [0]
-    starts = list(range(0, n - width, width - stride))
-    return starts + [n - width]
-
-
-def _most_central(j: int, starts: list[int], width: int) -> int:
-    """Index of the window (by start) in which sub-word ``j`` is farthest from both edges."""
-    best, best_margin = 0, -1
-    for w, s in enumerate(starts):
-        if s <= j < s + width:
-            margin = min(j - s, s + width - 1 - j)
-            if margin > best_margin:
-                best, best_margin = w, margin
-    return best
 
 
 class WordEncoder(nn.Module):
@@ -167,11 +149,11 @@ class TransformerWordEncoder(WordEncoder):
         rows: list[list[int]] = []
         src_row, src_col, dst, first = [], [], [], []
         for b, (ids, owner) in enumerate(pieces):
-            starts = _windows(len(ids), self.width, self.cfg.stride)
+            starts = windows(len(ids), self.width, self.cfg.stride)
             base = len(rows)
             rows += [self.prefix + ids[s:s + self.width] + self.suffix for s in starts]
             for j, word in enumerate(owner):
-                w = _most_central(j, starts, self.width) if len(starts) > 1 else 0
+                w = most_central(j, starts, self.width) if len(starts) > 1 else 0
                 src_row.append(base + w)
                 src_col.append(len(self.prefix) + j - starts[w])
                 dst.append(b * max_words + word)

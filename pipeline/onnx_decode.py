@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError, UserError
+from pipeline.windows import most_central, windows
 
 EXPORT_FILE = "export.json"
 FORMAT, VERSION = "structkd-onnx", 1
@@ -68,24 +69,6 @@ def read_export(folder: str | Path) -> dict:
         raise DataError(f"{folder / EXPORT_FILE}: damaged export ("
                         + (f"missing {missing})" if missing else "unknown featurize kind)"))
     return meta
-
-
-def windows(n: int, width: int, stride: int) -> list[int]:
-    """Start offsets of sub-word windows (the same rule as ``pipeline.encoders._windows``)."""
-    if n <= width:
-        return [0]
-    return list(range(0, n - width, width - stride)) + [n - width]
-
-
-def most_central(j: int, starts: list[int], width: int) -> int:
-    """The window in which sub-word ``j`` is farthest from both edges (``encoders._most_central``)."""
-    best, best_margin = 0, -1
-    for w, s in enumerate(starts):
-        if s <= j < s + width:
-            margin = min(j - s, s + width - 1 - j)
-            if margin > best_margin:
-                best, best_margin = w, margin
-    return best
 
 
 class BiLSTMFeatures:

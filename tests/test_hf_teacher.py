@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pipeline.config import (AnnotateConfig, CorpusConfig, DecoderConfig, DistillConfig, EncoderConfig,
                              KDConfig, ModelConfig, OptimConfig)
 from pipeline.corpus import read_corpus
-from pipeline.encoders import _most_central, _windows
+from pipeline.windows import most_central as _most_central, windows as _windows
 from pipeline.fit_crf import FitCRFConfig, cache_emissions, fit_crf, gold_ids, make_batches
 from pipeline.hf_teacher import (CRFTeacher, HFTeacher, TeacherError, is_hf_checkpoint, load_any_teacher,
                                  looks_like_hub_name, map_labels, teacher_kind)

@@ -10,7 +10,8 @@ import torch
 
 from pipeline import encoders
 from pipeline.config import DecoderConfig, EncoderConfig, ModelConfig
-from pipeline.encoders import BiLSTMEncoder, TransformerWordEncoder, Vocab, _most_central, _windows
+from pipeline.encoders import BiLSTMEncoder, TransformerWordEncoder, Vocab
+from pipeline.windows import most_central as _most_central, windows as _windows
 from pipeline.tagger import Tagger, build_tagger
 from tests.helpers import write_tiny_bert
 
