@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.config import read_params
+from pipeline.params import read_params
 from pipeline.errors import ConfigError, DataError
 
 console = Console(stderr=True)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.config import DistillConfig, read_section
+from pipeline.config import DistillConfig
+from pipeline.params import read_section
 from pipeline.params import load_config
 from stages.common import check_model_folder, console, params_file
 from store import StoreError
