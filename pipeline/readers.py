@@ -241,7 +241,10 @@ def read_columns_located(path: str | Path, corpus: str, split: str, lang: str, *
     parser = _Columns(path, word_col, label_col, strip_lang_prefix, lang, labels)
     candidates = (split_fields(line) for line in lines if line.strip(_ASCII_SPACE)
                   and not (comment and line.startswith(comment)))
-    hint = next((len(fields) for fields in candidates if fields[0] != DOCSTART), None)
+    # the file's column count, from its first real token line (an invisible-only line is an error
+    # at its own line and must not set the count that tells comments from "#" tokens)
+    hint = next((len(fields) for fields in candidates
+                 if fields[0] != DOCSTART and any(map(_visible, fields))), None)
     located: list[Located] = []
     breaks: list[tuple[int, str]] = []  # lines that split a sentence without a blank line
     tokens: list[str] = []
