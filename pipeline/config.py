@@ -38,6 +38,7 @@ class CorpusConfig:
     scheme: str = "auto"  # auto | IOB1 | IOB2 | BIOES | none (POS: token accuracy)
     convert_to: str | None = None  # convert labels to this scheme on read (e.g. IOB2)
     limit: int | None = None  # read at most this many sentences per split (sweeps, smoke runs)
+    head_encoding: str | None = None  # conllu: labels = encoded head|deprel (rel_pos | rel_offset)
     holdout: int | None = None  # no dev file: dev = the last n train sentences, train = the rest
 
 
@@ -63,8 +64,13 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    kind: str = "crf"  # crf | maxent
+    kind: str = "crf"  # crf | maxent (taggers) | heads | tree (biaffine parsers)
     constraints: bool = True  # forbid transitions the tag scheme does not allow
+    projective: bool = False  # tree: Eisner (projective) instead of the matrix-tree theorem
+    arc_mlp: int = 500  # biaffine parsers: arc MLP size (Dozat & Manning 2017)
+    rel_mlp: int = 100  # biaffine parsers: relation MLP size
+    second_order: bool = False  # biaffine parsers: sibling scores + mean-field head marginals
+    mean_field_iterations: int = 3
 
 
 @dataclass
@@ -315,7 +321,11 @@ RULES: dict[tuple[type, str], Any] = {
     (EncoderConfig, "char_hidden"): _AT_LEAST_1,
     (EncoderConfig, "dropout"): Range(0, 1, hi_open=True),
     (EncoderConfig, "min_word_count"): _AT_LEAST_1,
-    (DecoderConfig, "kind"): OneOf("crf", "maxent"),
+    (DecoderConfig, "kind"): OneOf("crf", "maxent", "heads", "tree"),
+    (DecoderConfig, "arc_mlp"): _AT_LEAST_1,
+    (DecoderConfig, "rel_mlp"): _AT_LEAST_1,
+    (DecoderConfig, "mean_field_iterations"): _AT_LEAST_1,
+    (CorpusConfig, "head_encoding"): OneOf("rel_pos", "rel_offset"),
     (OptimConfig, "epochs"): _AT_LEAST_1,
     (OptimConfig, "batch_size"): _AT_LEAST_1,
     (OptimConfig, "lr"): _POSITIVE,
