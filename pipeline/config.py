@@ -214,6 +214,7 @@ class DistillConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     use_unlabeled: bool = True
+    head_encoding: str | None = None  # tree store -> tagger student: its labels encode heads (rel_pos | rel_offset)
     batch_tokens: int = 1024  # word budget of one student batch (length-bucketed)
     shuffle_buffer: int = 2048
     workers: int = 0
@@ -326,6 +327,7 @@ RULES: dict[tuple[type, str], Any] = {
     (DecoderConfig, "rel_mlp"): _AT_LEAST_1,
     (DecoderConfig, "mean_field_iterations"): _AT_LEAST_1,
     (CorpusConfig, "head_encoding"): OneOf("rel_pos", "rel_offset"),
+    (DistillConfig, "head_encoding"): OneOf("rel_pos", "rel_offset"),
     (OptimConfig, "epochs"): _AT_LEAST_1,
     (OptimConfig, "batch_size"): _AT_LEAST_1,
     (OptimConfig, "lr"): _POSITIVE,
