@@ -14,8 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.config import AnnotateConfig, CorpusConfig, from_dict
 from pipeline.params import load_config
 from stages.common import check_teacher_source, console, params_file
-from store.build import build_store
-from store.schema import SPLITS, StoreError
 
 
 def _progress(enabled: bool) -> Progress:
@@ -26,6 +24,8 @@ def _progress(enabled: bool) -> Progress:
 
 def run_annotate(cfg: AnnotateConfig, progress: bool = True) -> dict:
     """``build_store`` with a rich progress bar (sentences/s and words/s)."""
+    from store.build import build_store  # torch, zarr, pyarrow: imported only when the stage runs
+
     with _progress(progress) as bar:
         task = bar.add_task("annotate", total=None, rate="")
         started, done = time.perf_counter(), [0, 0]
@@ -43,6 +43,8 @@ def run_annotate(cfg: AnnotateConfig, progress: bool = True) -> dict:
 
 def _parse_corpus(text: str) -> CorpusConfig:
     """``name=X,lang=en,format=conll,train=PATH,dev=PATH`` -> CorpusConfig (split keys go to files)."""
+    from store.schema import SPLITS
+
     data: dict[str, Any] = {"files": {}}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
@@ -88,6 +90,8 @@ def main(
     progress: bool = typer.Option(True, help="Show a progress bar on stderr."),
 ) -> None:
     """Run the teachers over the corpora and write (or resume) the teacher-output store."""
+    from store.schema import StoreError
+
     flags = {"teachers": _pairs(teacher, "--teacher") if teacher else None,
              "corpora": [vars(_parse_corpus(c)) for c in corpus] if corpus else None,
              "splits": split or None, "out": out, "k": k, "shard_size": shard_size,

@@ -4,15 +4,19 @@ User errors never end in a traceback: a ``pipeline.errors.UserError`` raised by 
 (a bad key or value in params.yaml, a malformed corpus, a missing model folder, a damaged store)
 prints one line ``error: <message>`` to stderr and exits with its code (2 usage, 1 data); typer's
 own usage errors exit 2 as usual. Any other exception is a bug and keeps its traceback.
+
+Start-up: this module and every ``stages/*.py`` import only typer, rich and the light part of
+``pipeline/`` at module level; torch, transformers, pandas, pyarrow, zarr, onnxruntime and the
+store load inside the command that needs them, so ``structkd --help`` and ``structkd COMMAND
+--help`` stay fast (tests/test_startup.py).
 """
 from __future__ import annotations
 
+import os
 import warnings
 
-import torch
 import typer
 from rich.markup import escape
-from transformers.utils import logging as hf_logging
 from typer.core import TyperCommand, TyperGroup
 
 from pipeline.errors import UserError
@@ -21,7 +25,9 @@ from stages import (annotate, distill, evaluate, export, fit_crf, predict, prepa
                     train_teacher)
 from stages.common import console, params_file
 
-hf_logging.disable_progress_bar()
+# No Hugging Face progress bars (read when transformers / huggingface_hub first load, inside a
+# command); a user's own HF_HUB_DISABLE_PROGRESS_BARS=0 wins.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 class _Commands(TyperGroup):
@@ -62,13 +68,15 @@ app.add_typer(store_cmd.app, name="store", help="Verify, inspect and show a teac
 
 
 @app.callback()
-def main(threads: int = typer.Option(
+def main(ctx: typer.Context, threads: int = typer.Option(
         None, "--threads", min=1,
-        help="torch intra-op CPU threads for every stage (default: torch's, one per core). On a "
-             "busy machine 1 is often fastest: several processes' thread pools oversubscribe the "
-             "cores.")) -> None:
+        help="torch intra-op CPU threads for every stage, and onnxruntime's for an ONNX predict "
+             "(default: theirs, one per core). On a busy machine 1 is often fastest: several "
+             "processes' thread pools oversubscribe the cores.")) -> None:
     """Distil structured predictors from a big teacher into a small, fast student."""
-    if threads:
+    if threads and ctx.invoked_subcommand != "predict":  # predict: for the runtime it loads
+        import torch  # only when asked: commands that need no torch start without it
+
         torch.set_num_threads(threads)
     warnings.showwarning = _show_warning
 

@@ -11,8 +11,6 @@ from pipeline.config import DistillConfig
 from pipeline.params import read_section
 from pipeline.params import load_config
 from stages.common import check_model_folder, console, params_file
-from store import StoreError
-from store.feed import distill
 
 
 def _run_defaults(params: Path | None, run: str | None) -> dict:
@@ -42,6 +40,9 @@ def main(
     progress: bool = typer.Option(True, help="Show a progress bar on stderr."),
 ) -> None:
     """Distil a student from the store with one KD method; writes the model and metrics."""
+    from store import StoreError  # torch, zarr, pyarrow: imported only when the stage runs
+    from store.feed import distill
+
     params = params_file(params)
     sections = [section] if params is not None else []
     if run is not None and params is not None:

@@ -1,28 +1,33 @@
-"""`structkd evaluate`: score model folders on labeled corpora, per corpus and language, as JSON."""
+"""`structkd evaluate`: score model folders on labeled corpora, per corpus and language, as JSON,
+with each model's decoding throughput measured in the same run."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from pipeline.config import EvaluateConfig
-from pipeline.corpus import check_corpora, corpus_splits, read_corpus
-from pipeline.metrics import evaluate_tags
-from pipeline.hf_teacher import load_any_teacher
-from pipeline.trainer import predict, resolve_device
 from pipeline.errors import ConfigError
 from pipeline.params import load_config
 from stages.common import (check_model_folder, check_teacher_source, console, params_file,
                            top_level_methods)
-from store.files import atomic_json
 
 
 def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     """``{model: {"corpus/split": metrics}}`` for every model on every configured corpus split.
 
+    The metrics add ``seconds`` and ``sentences_per_s``: the wall-clock time of labeling the split
+    (featurize, forward, decode; batches of ``batch_size`` sorted by length) after one untimed
+    warm-up batch per model, so every model is timed the same way in this one process.
     Every model folder and corpus file is checked before anything is loaded; no models, no
     corpora, or a corpus with none of the splits is refused (it would score nothing, silently)."""
+    from pipeline.corpus import check_corpora, corpus_splits, read_corpus  # torch: only when run
+    from pipeline.hf_teacher import load_any_teacher
+    from pipeline.metrics import evaluate_tags
+    from pipeline.trainer import predict, resolve_device
+
     device = resolve_device(cfg.device)
     results: dict[str, dict] = {}
     models = {name: check_teacher_source(folder, f"{section}.models.{name}")
@@ -43,15 +48,21 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
             for split in cfg.splits if split in corpus_splits(corpus)]
     for name, folder in models.items():
         tagger = load_any_teacher(folder, device)
+        predict(tagger, data[0][2][:cfg.batch_size], batch_size=cfg.batch_size)  # warm-up
         scores: dict[str, dict] = {}
         for corpus, split, sentences in data:
+            started = time.perf_counter()
             pred = predict(tagger, sentences, batch_size=cfg.batch_size)
+            seconds = time.perf_counter() - started
             gold = [s.labels for s in sentences]
             scheme = "none" if corpus.scheme == "none" else tagger.scheme
-            scores[f"{corpus.name}/{split}"] = {"lang": corpus.lang, **evaluate_tags(gold, pred, scheme)}
+            scores[f"{corpus.name}/{split}"] = {
+                "lang": corpus.lang, **evaluate_tags(gold, pred, scheme), "seconds": seconds,
+                "sentences_per_s": len(sentences) / max(seconds, 1e-9)}
         results[name] = scores
         console.print(f"evaluated {name}: " + ", ".join(
-            f"{k} {v.get('f1', v.get('accuracy', 0)):.4f}" for k, v in scores.items()))
+            f"{k} {v.get('f1', v.get('accuracy', 0)):.4f} ({v['sentences_per_s']:.0f} sent/s)"
+            for k, v in scores.items()))
     return results
 
 
@@ -62,7 +73,10 @@ def main(
         None, help="NAME=FOLDER: score only these models (not the params' models and runs)."),
     out: Optional[str] = typer.Option(None, help="JSON file to write."),
 ) -> None:
-    """Entity P/R/F1 (seqeval; strict for BIOES) or token accuracy (POS) of each model."""
+    """Entity P/R/F1 (seqeval; strict for BIOES) or token accuracy (POS) of each model, and its
+    decoding sentences/s."""
+    from store.files import atomic_json  # pyarrow, zarr: imported only when the stage runs
+
     bad = [m for m in model or [] if "=" not in m or not m.split("=", 1)[0]]
     if bad:
         raise ConfigError(f"--model: expected NAME=FOLDER, got {bad[0]!r}")

@@ -1,5 +1,5 @@
 """`structkd predict`: label a CoNLL file or raw text with a saved model folder (batched, CPU), or
-with an ONNX export of one (`structkd export`; run by onnxruntime, decoded in numpy)."""
+with an ONNX export of one (`structkd export`; run by onnxruntime, decoded in numpy, no torch)."""
 from __future__ import annotations
 
 import sys
@@ -10,12 +10,8 @@ from typing import Optional
 import typer
 
 from pipeline.errors import ConfigError
-from pipeline.onnx_decode import OnnxTagger, is_export
 from pipeline.readers import read_conll, read_raw
 from pipeline.rules import check_device
-from pipeline.tagger import Tagger
-from pipeline.trainer import predict as predict_labels
-from pipeline.trainer import resolve_device
 from stages.common import check_model_folder, console
 
 FORMATS = ("conll", "raw")
@@ -27,9 +23,30 @@ def check_format(fmt: str) -> None:
         raise ConfigError(f"--format: must be one of {list(FORMATS)}, got {fmt!r}")
 
 
-def label_file(model: Tagger | OnnxTagger, path: Path, fmt: str, word_col: int = 0,
+def load_model(model: Path, device: str, threads: int | None):
+    """An ``OnnxTagger`` for an export folder, else the ``Tagger`` of a model folder on
+    ``device``; only the runtime it needs is imported, and ``threads`` (``structkd --threads``;
+    None: the runtime's default) set for it."""
+    from pipeline.onnx_decode import OnnxTagger, is_export
+
+    if is_export(model):  # onnxruntime on CPU: --device does not apply
+        return OnnxTagger.load(model, threads=threads)
+    import torch
+
+    from pipeline.tagger import Tagger
+    from pipeline.trainer import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    return Tagger.load(check_model_folder(model, "--model"), device=resolve_device(device))
+
+
+def label_file(model, path: Path, fmt: str, word_col: int = 0,
                batch_size: int = 64) -> tuple[str, int]:
-    """(CoNLL text, sentence count) of ``path``: ``word label`` lines, a blank line after each sentence."""
+    """(CoNLL text, sentence count) of ``path`` labeled by ``model`` (``load_model``): ``word
+    label`` lines, a blank line after each sentence."""
+    from pipeline.onnx_decode import OnnxTagger
+
     check_format(fmt)
     if fmt == "conll":
         sentences = read_conll(path, "input", "test", word_col=word_col, label_col=None)
@@ -38,6 +55,8 @@ def label_file(model: Tagger | OnnxTagger, path: Path, fmt: str, word_col: int =
     if isinstance(model, OnnxTagger):
         pred = model.predict(sentences, batch_size=batch_size)
     else:
+        from pipeline.trainer import predict as predict_labels
+
         pred = predict_labels(model, sentences, batch_size=batch_size)
     text = "".join("".join(f"{w} {t}\n" for w, t in zip(s.tokens, labels)) + "\n"
                    for s, labels in zip(sentences, pred))
@@ -45,6 +64,7 @@ def label_file(model: Tagger | OnnxTagger, path: Path, fmt: str, word_col: int =
 
 
 def main(
+    ctx: typer.Context,
     input: Path = typer.Argument(..., exists=True, dir_okay=False, help="CoNLL file or raw text."),
     model: Path = typer.Option(..., exists=True, file_okay=False,
                                help="Model folder (teacher or student), or an ONNX export of one."),
@@ -58,17 +78,15 @@ def main(
     started = time.perf_counter()
     check_format(format)
     check_device(device, "--device")
-    if is_export(model):  # onnxruntime on CPU (--device does not apply), torch's thread count (--threads)
-        import torch
-
-        tagger = OnnxTagger.load(model, threads=torch.get_num_threads())
-    else:
-        tagger = Tagger.load(check_model_folder(model, "--model"), device=resolve_device(device))
+    tagger = load_model(model, device, ctx.find_root().params.get("threads"))
+    loaded = time.perf_counter()
     text, count = label_file(tagger, input, format, word_col, batch_size)
+    labeled = time.perf_counter()
     if output is None:
         sys.stdout.write(text)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
-    console.print(f"labeled {count} sentences in "
-                  f"{time.perf_counter() - started:.1f} s" + (f" -> {output}" if output else ""))
+    console.print(f"loaded the model in {loaded - started:.2f} s; labeled {count} sentences in "
+                  f"{labeled - loaded:.2f} s ({count / max(labeled - loaded, 1e-9):.0f} sent/s)"
+                  + (f" -> {output}" if output else ""))

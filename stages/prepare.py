@@ -7,12 +7,9 @@ from typing import Optional
 import typer
 
 from pipeline.config import PrepareConfig
-from pipeline.corpus import check_corpora, corpus_splits, read_corpus
 from pipeline.errors import ConfigError
-from pipeline.schemes import detect_scheme
 from pipeline.params import load_config
 from stages.common import console, params_file
-from store.files import atomic_json
 
 
 def summarize(cfg: PrepareConfig, section: str = "prepare") -> dict:
@@ -21,6 +18,9 @@ def summarize(cfg: PrepareConfig, section: str = "prepare") -> dict:
     Reading is the validation: corpus names must be unique and every file present
     (``check_corpora``), and a malformed file raises an error naming the file and line.
     """
+    from pipeline.corpus import check_corpora, corpus_splits, read_corpus  # torch: only when run
+    from pipeline.schemes import detect_scheme
+
     if not cfg.corpora:
         raise ConfigError(f"{section}.corpora: no corpora to prepare")
     check_corpora(cfg.corpora, f"{section}.corpora")
@@ -48,6 +48,8 @@ def main(
     out: Optional[str] = typer.Option(None, help="JSON summary to write."),
 ) -> None:
     """Validate the corpora of params.yaml and summarise them."""
+    from store.files import atomic_json
+
     cfg: PrepareConfig = load_config(
         PrepareConfig, params_file(params), [section], {"out": out})
     atomic_json(Path(cfg.out), summarize(cfg, section))

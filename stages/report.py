@@ -32,8 +32,16 @@ def _read_json(path: Path, made_by: str) -> dict:
     return data
 
 
+def _speed_up(student: dict, teacher: dict | None) -> float | None:
+    """Student sentences/s over the teacher's on the same split (``structkd evaluate``), or None
+    when either evaluation has no throughput (one written before evaluate measured it)."""
+    rate, base = student.get("sentences_per_s"), (teacher or {}).get("sentences_per_s")
+    return rate / base if rate and base else None
+
+
 def build_rows(cfg: ReportConfig) -> list[dict]:
-    """One row per (method, corpus split): P/R/F1, epoch time, KD overhead, gap closed.
+    """One row per (method, corpus split): P/R/F1, gap closed, speed-up over the teacher, epoch
+    time, KD overhead.
 
     A method or the teacher missing from the evaluation is refused, not left out of the table."""
     evaluation = _read_json(Path(cfg.evaluate), "evaluate")
@@ -55,7 +63,8 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
                    "recall": metrics.get("recall"), "score": score,
                    "epoch_s": epoch_seconds[method],
                    "s_per_1k": per_k_sentences[method],
-                   "overhead": per_k_sentences[method] / base_time if base_time else None}
+                   "overhead": per_k_sentences[method] / base_time if base_time else None,
+                   "speed_up": _speed_up(metrics, teacher.get(key))}
             base = evaluation.get(cfg.baseline, {}).get(key)
             if key in teacher and base is not None:
                 gap = _score(teacher[key]) - _score(base)
@@ -65,25 +74,27 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
     return rows
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value, spec: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
 
 
 def render(rows: list[dict], cfg: ReportConfig) -> str:
     lines = ["# structkd report", "",
              f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
              "(seqeval) or token accuracy; gap closed = (method - baseline) / (teacher - baseline); "
+             "speed-up = the method's sentences/s over the teacher's, labeling the same split in "
+             "the same `structkd evaluate` run (wall clock, same batch size; - when not measured); "
              "epoch s = median training seconds per epoch (dev evaluation excluded); vs none = "
              "training time per sentence relative to the baseline (runs with unlabeled rows see "
              "more sentences per epoch).",
-             "", "| method | data | P | R | F1/acc | teacher | gap closed | epoch s | s / 1k sent. | "
-             "vs none |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| method | data | P | R | F1/acc | teacher | gap closed | speed-up | epoch s | "
+             "s / 1k sent. | vs none |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['data']} | {_fmt(r['precision'], '.4f')} | "
             f"{_fmt(r['recall'], '.4f')} | {r['score']:.4f} | {_fmt(r.get('teacher'), '.4f')} | "
-            f"{_fmt(r.get('gap_closed'), '.1%')} | {r['epoch_s']:.1f} | {r['s_per_1k']:.2f} | "
-            f"{_fmt(r['overhead'], '.2f')}x |")
+            f"{_fmt(r.get('gap_closed'), '.1%')} | {_fmt(r['speed_up'], '.1f', 'x')} | "
+            f"{r['epoch_s']:.1f} | {r['s_per_1k']:.2f} | {_fmt(r['overhead'], '.2f', 'x')} |")
     lines += ["", f"![scores]({Path(cfg.chart).name})", ""]
     return "\n".join(lines)
 
@@ -119,7 +130,8 @@ def main(
     section: str = typer.Option("report", help="Section of params.yaml."),
     out: Optional[str] = typer.Option(None, help="Markdown report to write."),
 ) -> None:
-    """Write report.md (per method: P/R/F1, epoch time, KD overhead, gap closed) and a PNG chart."""
+    """Write report.md (per method: P/R/F1, gap closed, speed-up over the teacher, epoch time, KD
+    overhead) and a PNG chart."""
     cfg: ReportConfig = load_config(
         ReportConfig, params_file(params), [section],
         {"out": out, "methods": top_level_methods(params)})

@@ -1,21 +1,22 @@
-"""`structkd store verify|inspect|show`: check, summarise and look into a teacher-output store."""
+"""`structkd store verify|inspect|show`: check, summarise and look into a teacher-output store.
+
+The store modules (numpy, zarr, pyarrow, torch) are imported inside each command."""
 from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from stages.common import console
-from store.reader import open_store
-from store.schema import SPLITS, StoreError
-from store.verify import verify_store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
 
 def _open(store: str):
+    from store.reader import open_store
+    from store.schema import StoreError
+
     try:
         return open_store(store)
     except StoreError as err:
@@ -29,6 +30,8 @@ def verify(
     invariants: bool = typer.Option(True, help="Also recompute every sentence's invariants."),
 ) -> None:
     """Checksums, layout and per-sentence invariants; exit code 1 when anything is wrong."""
+    from store.verify import verify_store
+
     problems = verify_store(store, invariants=invariants)
     for problem in problems:
         console.print(f"[red]FAIL[/] {problem}", highlight=False)
@@ -41,6 +44,8 @@ def verify(
 @app.command()
 def inspect(store: str = typer.Argument(..., help="Store path or fsspec URL.")) -> None:
     """Teachers, options, and sentences / tokens / bytes per token by split."""
+    from store.schema import SPLITS
+
     s = _open(store)
     teachers = Table(title=f"{store}: teachers")
     for col in ("id", "lang", "decoder", "labels", "k", "tau", "fingerprint"):
@@ -76,6 +81,10 @@ def show(
     teacher: Optional[str] = typer.Option(None, help="Teacher id, when several annotated the sentence."),
 ) -> None:
     """One sentence: tokens, gold, Viterbi, and the k-best paths as labels with their probabilities."""
+    import numpy as np
+
+    from store.schema import StoreError
+
     s = _open(store)
     try:
         sent = s.get(sid, teacher)

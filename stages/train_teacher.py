@@ -8,12 +8,9 @@ from typing import Optional
 import typer
 
 from pipeline.config import TeacherConfig, to_dict
-from pipeline.corpus import read_corpus
 from pipeline.errors import DataError
-from pipeline.trainer import train_tagger
 from pipeline.params import load_config
 from stages.common import console, params_file
-from store.files import atomic_json
 
 
 def main(
@@ -27,6 +24,10 @@ def main(
     metrics: Optional[Path] = typer.Option(None, help="Also write the training metrics here (DVC)."),
 ) -> None:
     """Fine-tune a teacher and save it as a self-contained model folder."""
+    from pipeline.corpus import read_corpus  # torch, transformers: imported only when the stage runs
+    from pipeline.trainer import train_tagger
+    from store.files import atomic_json
+
     cfg: TeacherConfig = load_config(
         TeacherConfig,
         params_file(params),
