@@ -6,8 +6,8 @@ sentence, ``indicators[name]`` [N, *part shape] how often output n uses each fac
 forbidden). Then score(y) = sum_parts <indicator(y), potential> and every method of
 pipeline.structs.Structure follows by enumeration: no dynamic program anywhere.
 
-``chain_outputs`` / ``factorized`` build it for the two structures of pipeline.structs; later
-structures (trees, span sets) add an enumerator of their outputs and nothing else.
+``chain`` / ``factorized`` / ``trees`` / ``head_selections`` / ``labeled`` / ``span_sets`` build it
+for the structures of pipeline.structs: each adds an enumerator of its outputs and nothing else.
 """
 from __future__ import annotations
 
@@ -169,6 +169,41 @@ def head_selections(scores, tau=1.0) -> Enumerated:
     n = scores.shape[0] - 1
     outputs = _head_outputs(n, False)
     return Enumerated(outputs, {"arc": _arc_indicators(outputs)}, {"arc": _arc_potentials(scores, tau)})
+
+
+class LabeledEnumerated(Enumerated):
+    """Labeled outputs [N, 2, n+1]; ``kbest`` follows LabeledArcs.kbest's definition: the best
+    labeling of each head vector, the k best of those (not the k best labeled outputs)."""
+
+    def kbest(self, k: int) -> tuple[list[torch.Tensor], list[float]]:
+        best: dict[tuple, int] = {}
+        for n, heads in enumerate(self.outputs[:, 0].tolist()):
+            if tuple(heads) not in best or self.scores[n] > self.scores[best[tuple(heads)]]:
+                best[tuple(heads)] = n
+        order = sorted(best.values(), key=lambda n: -self.scores[n].item())
+        kept = [n for n in order if self.scores[n].item() > NEG_INF][:k]
+        return [self.outputs[n] for n in kept], [self.log_probs[n].item() for n in kept]
+
+
+def labeled(scores, label_scores, trees_only=True, projective=False, single_root=True, tau=1.0) -> Enumerated:
+    """Every labeled tree (``trees_only``) or head vector of n words with every relation per word:
+    outputs [N, 2, n+1] (heads; relation ids), scores[h, d] the arc h -> d, label_scores [n+1, n+1, R]
+    the relation logits. Scored parts: ``arc`` and ``label`` (h, d, l) with potential
+    log softmax_l(label_scores / tau); ``rel`` [N, n+1, R] (relation l at word d, potential 0) is
+    only there for its marginal P(rel_d = l): the parts of LabeledArcs."""
+    n, num_labels = scores.shape[0] - 1, label_scores.shape[-1]
+    heads = _head_outputs(n, trees_only, projective, single_root)
+    rels = torch.tensor([(0, *r) for r in itertools.product(range(num_labels), repeat=n)], dtype=torch.long)
+    outputs = torch.stack([heads.repeat_interleave(len(rels), 0), rels.repeat(len(heads), 1)], 1)
+    N, deps = len(outputs), torch.arange(1, n + 1)
+    label = torch.zeros(N, n + 1, n + 1, num_labels)
+    label[torch.arange(N)[:, None], outputs[:, 0, 1:], deps[None, :], outputs[:, 1, 1:]] = 1
+    rel = torch.zeros(N, n + 1, num_labels)
+    rel[torch.arange(N)[:, None], deps[None, :], outputs[:, 1, 1:]] = 1
+    potentials = {"arc": _arc_potentials(scores, tau), "label": torch.log_softmax(label_scores.double() / tau, -1),
+                  "rel": torch.zeros(n + 1, num_labels, dtype=torch.float64)}
+    indicators = {"arc": _arc_indicators(outputs[:, 0]), "label": label, "rel": rel}
+    return LabeledEnumerated(outputs, indicators, potentials)
 
 
 def bioes(kind: str, entity: int) -> int:
