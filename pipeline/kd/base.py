@@ -1,8 +1,10 @@
 """Base class of every KD objective: ``objective(student: Structure, teacher, hard) -> loss [B]``.
 
 One signature for all (TextBrewer's registry): ``student`` is the student's ``Structure`` for the
-batch (its mask inside), ``teacher`` the batch's ``TeacherTargets``, ``hard`` [B, L] long the gold
-path of a labeled sentence or the teacher's top-1 path of an unlabeled one.
+batch (its mask inside), ``teacher`` the batch's ``TeacherTargets``, ``hard`` the gold output of a
+labeled sentence or the teacher's top-1 of an unlabeled one, in the student's output format (what
+its ``log_prob`` takes): [B, L] label ids (chain, factorized, spans as BIOES), heads [B, L+1]
+(tree, heads) or [B, 2, L+1] heads and relations (labeled_tree, labeled_heads).
 
 Temperature, the one rule: an objective built with ``tau`` compares the teacher's and the
 student's distributions with every potential divided by tau and multiplies the loss by tau^2
@@ -18,7 +20,10 @@ from torch import Tensor, nn
 from pipeline.kd.types import TeacherTargets
 from pipeline.structs import Structure
 
-ALL_STRUCTURES = ("chain", "factorized")
+SEQUENCE_STRUCTURES = ("chain", "factorized")
+TREE_STRUCTURES = ("tree", "heads", "labeled_tree", "labeled_heads")
+# the structure kinds a teacher of the store can have (TeacherTargets.kinds)
+TEACHER_KINDS = frozenset(SEQUENCE_STRUCTURES + TREE_STRUCTURES + ("spans",))
 
 
 class Objective(nn.Module):
@@ -31,13 +36,13 @@ class Objective(nn.Module):
     """
 
     name: str = ""
-    structures: tuple[str, ...] = ALL_STRUCTURES
+    structures: tuple[str, ...] = SEQUENCE_STRUCTURES
     needs: tuple[str, ...] = ()
     owns_hard_loss: bool = False
 
     def needs_for(self, student_kind: str, teacher_kinds: frozenset[str] = frozenset()) -> tuple[str, ...]:
         """The teacher fields read for a student of ``student_kind`` and teachers of ``teacher_kinds``
-        (``chain`` / ``factorized``)."""
+        (``TEACHER_KINDS``)."""
         return self.needs
 
     def forward(self, student: Structure, teacher: TeacherTargets, hard: Tensor) -> Tensor:
@@ -55,8 +60,12 @@ class Objective(nn.Module):
 
 
 def teacher_kinds(teacher: TeacherTargets) -> frozenset[str]:
-    """Structure kinds of the batch's teachers: ``teacher.kinds``, else read from ``teacher.crf``
-    (a host sync on a GPU; the stream always sets ``kinds``), else empty."""
+    """Structure kinds of the batch's teachers: ``teacher.kinds`` (ValueError for a kind outside
+    ``TEACHER_KINDS``), else read from ``teacher.crf`` (sequence teachers; a host sync on a GPU; the
+    stream always sets ``kinds``), else empty."""
+    unknown = sorted(set(teacher.kinds) - TEACHER_KINDS)
+    if unknown:
+        raise ValueError(f"unknown teacher structure kind(s) {unknown}; known: {sorted(TEACHER_KINDS)}")
     if teacher.kinds or teacher.crf is None:
         return teacher.kinds
     flags = set(teacher.crf.tolist())

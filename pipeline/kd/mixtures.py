@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from pipeline.kd.base import Objective
+from pipeline.kd.base import SEQUENCE_STRUCTURES, TREE_STRUCTURES, Objective
 from pipeline.kd.sequence import MultiGrained, TopK, TopWK
 from pipeline.kd.structural import Posterior
 
@@ -17,6 +17,7 @@ from pipeline.kd.structural import Posterior
 class _PosteriorMean(Objective):
     """0.5 * (posterior + a k-best objective)."""
 
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES
     kbest_cls: type[Objective] = TopWK
 
     def __init__(self, k: int | None = None, tau: float = 1.0):
@@ -46,6 +47,7 @@ class MultiGrainedPosterior(Objective):
     """multigrained (eq. 9, its options) + posterior (eq. 8 / eq. 10's L_Token-pos)."""
 
     name = "multigrained_posterior"
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES
 
     def __init__(self, k: int | None = None, parts=MultiGrained.PARTS, learned: bool = True,
                  weights=None, tau: float = 1.0):

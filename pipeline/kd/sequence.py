@@ -3,6 +3,12 @@
 Top-K and Top-WK: Wang et al. 2020, "Structure-Level Knowledge Distillation For Multilingual
 Sequence Labeling" (multilingual paper), eqs. 6 and 7. Multi-grained: "Multi-Grained Knowledge
 Distillation for Named Entity Recognition" (k-best paper), eqs. 4-9.
+
+The definitions carry over to dependency students unchanged: the teacher's k best trees (head
+vectors; labeled outputs for labeled students, ``LabeledArcs.kbest``) with their true teacher
+probabilities, scored by the student's ``log_prob``. ``TeacherTargets.kbest_paths`` must be in the
+student's output format (checked). A tree-constrained student (tree, labeled_tree) is refused a
+head-selection teacher's k best: those head vectors need not be trees (log p_s = -inf).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline import crf
-from pipeline.kd.base import Objective
+from pipeline.kd.base import SEQUENCE_STRUCTURES, TREE_STRUCTURES, Objective, teacher_kinds
 from pipeline.kd.nll import nll
 from pipeline.kd.types import TeacherTargets
 from pipeline.structs import ROUNDING, Structure
@@ -40,15 +46,30 @@ def kbest_log_probs(student: Structure, teacher: TeacherTargets,
                     k: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """Student and teacher log-probs of the teacher's first k paths: (log p_s, log p_t, valid) [B, K].
 
-    Surplus rows (teacher log-prob -inf) are invalid; both log-probs are -inf there.
+    Surplus rows (teacher log-prob -inf) are invalid; both log-probs are -inf there (their paths,
+    garbage or not, are never read).
     """
+    check_kbest_format(student, teacher)
     if k is not None:
         teacher = teacher.select(k)
     log_pt = teacher.kbest_logprob.float()
     valid = torch.isfinite(log_pt)
-    log_ps = student.log_prob(teacher.kbest_paths)
+    paths = teacher.kbest_paths
+    log_ps = student.log_prob(paths.masked_fill(~valid.view(*valid.shape, *[1] * (paths.dim() - 2)), 0))
     neg_inf = torch.full_like(log_ps, NEG_INF)
     return torch.where(valid, log_ps, neg_inf), torch.where(valid, log_pt, neg_inf), valid
+
+
+def check_kbest_format(student: Structure, teacher: TeacherTargets) -> None:
+    """kbest_paths [B, K, 2, L+1] for labeled students, [B, K, ...] with one output row per path
+    otherwise; no head-selection teacher's k best for a tree-constrained student."""
+    labeled = student.kind.startswith("labeled_")
+    if teacher.kbest_paths.dim() != (4 if labeled else 3):
+        raise ValueError(f"k-best paths {tuple(teacher.kbest_paths.shape)} are not outputs of a '{student.kind}' "
+                         f"student ({'[B, K, 2, L+1] heads and relations' if labeled else '[B, K, positions]'})")
+    if student.kind in ("tree", "labeled_tree") and teacher_kinds(teacher) & {"heads", "labeled_heads"}:
+        raise ValueError(f"a head-selection teacher's k best head vectors need not be trees: they cannot "
+                         f"teach a '{student.kind}' student a k-best objective (use structural or posterior)")
 
 
 class TopK(Objective):
@@ -59,6 +80,7 @@ class TopK(Objective):
     """
 
     name = "topk"
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES
     needs = ("kbest_paths", "kbest_logprob")
 
     def __init__(self, k: int | None = None):
@@ -79,6 +101,7 @@ class TopWK(Objective):
     """
 
     name = "topwk"
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES
     needs = ("kbest_paths", "kbest_logprob")
 
     def __init__(self, k: int | None = None):
@@ -108,6 +131,7 @@ class MultiGrained(Objective):
     """
 
     name = "multigrained"
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES
     PARTS = ("ce", "fuzzy", "hard")
 
     def __init__(self, k: int | None = None, parts: tuple[str, ...] | list[str] = PARTS,

@@ -1,5 +1,18 @@
 """Marginal-based objectives: posterior distillation, factorized structural KD, sub-structure L2.
 
+Structural KD and posterior distillation cover sequence students (chain, factorized), dependency
+students (tree, heads, labeled_tree, labeled_heads: pipeline.structs.tree / labeled) and, for
+structural KD, span-set students; the teacher's marginals are the TeacherTargets fields named by
+the student's ``target_names`` (node / edge, arc / rel, span). The structural KD slides' cases:
+1a chain -> chain; 1b / 2b a (second-order) graph-based parser -> a tagger whose labels encode
+(head, relation): the stream maps P_t(h_i | x) P_t(l_i | x) onto the tagger's labels as ``node``;
+tree -> tree (exact: ``DependencyCRF.cross_entropy``; labeled students through the case-1b
+factorization, ``LabeledArcs``); 4 a span teacher -> a BIOES MaxEnt student, whose ``node``
+targets are the teacher's BIOES marginals (``Spans.bioes_marginals``). A head-selection teacher
+meeting a tree student gives its per-word softmaxes as ``arc``: the slides' factorized loss
+log Z_s - sum_{h,d} P_t(h -> d) phi_s(h -> d), the cross entropy of every tree distribution with
+those arc marginals when one exists (the product of softmaxes itself puts mass on non-trees).
+
 Teacher marginals meet the student's structure in ``teacher_marginals``: the store's marginals,
 except where a factorized (MaxEnt) teacher meets a constrained chain student (slide scenario 3,
 e.g. zero-shot cross-lingual): the product of the teacher's softmaxes puts mass on label sequences
@@ -15,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.kd.base import Objective, check_tau, teacher_kinds
+from pipeline.kd.base import SEQUENCE_STRUCTURES, TREE_STRUCTURES, Objective, check_tau, teacher_kinds
 from pipeline.kd.types import TeacherTargets
 from pipeline.potentials import Constraints
 from pipeline.structs import STRUCTURES, ChainCRF, Factorized, Structure
@@ -84,6 +97,7 @@ class Structural(Objective):
     node marginals (restricted for a constrained chain student, see ``teacher_marginals``)."""
 
     name = "structural"
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES + ("spans",)
     needs = ("node",)
 
     def __init__(self, tau: float = 1.0):
@@ -99,15 +113,33 @@ class Structural(Objective):
         return self.tau ** 2 * s.cross_entropy(teacher_marginals(s, teacher, s.target_names))
 
 
+# the per-word marginals posterior distillation compares, by student kind
+POSTERIORS = {"chain": ("node",), "factorized": ("node",), "tree": ("arc",), "heads": ("arc",),
+              "labeled_tree": ("arc", "rel"), "labeled_heads": ("arc", "rel")}
+
+
+def support(student: Structure, name: str) -> Tensor:
+    """Where the per-word marginals ``name`` of ``student`` live (broadcastable bool): real words
+    (node), possible arcs (arc: the finite arc potentials), real dependents (rel)."""
+    if name == "node":
+        return student.mask.unsqueeze(-1)
+    arcs = torch.isfinite(student.parts["arc"])
+    return arcs if name == "arc" else arcs.any(1).unsqueeze(-1)
+
+
 class Posterior(Objective):
     """Posterior distillation, multilingual paper eq. 8, with the temperature rule:
 
         L = -tau^2 sum_i sum_j q_t(y_i = j | x) log q_s(y_i = j | x)
 
-    q_t = the teacher's node marginals, q_s = the student's (chain: forward-backward,
-    differentiable; MaxEnt: softmax of its emissions), both at temperature tau."""
+    over the per-word marginals of ``POSTERIORS``: labels (chain: forward-backward, differentiable;
+    MaxEnt: softmax of its emissions); heads, q(y_d = h) = P(h -> d) (tree: matrix-tree / Eisner
+    marginals by autograd, differentiable, as the official code's ``distill_posterior`` with the
+    student's inside-outside marginals; heads: the per-word softmax); and for labeled students also
+    relations, q(rel_d = l) = sum_h P(h -> d) P(l | h -> d). Teacher and student at temperature tau."""
 
     name = "posterior"
+    structures = SEQUENCE_STRUCTURES + TREE_STRUCTURES
     needs = ("node",)
 
     def __init__(self, tau: float = 1.0):
@@ -115,14 +147,19 @@ class Posterior(Objective):
         self.tau = check_tau("posterior KD", tau)
 
     def needs_for(self, student_kind, teacher_kinds_=frozenset()):
-        return self.needs + (("emissions",) if restricts(student_kind, teacher_kinds_) else ())
+        return POSTERIORS[student_kind] + (("emissions",) if restricts(student_kind, teacher_kinds_) else ())
 
     def loss(self, student, teacher, hard):
         s = student.tempered(self.tau)
-        padding = ~s.mask.unsqueeze(-1)
-        node = teacher_marginals(s, teacher, ("node",))["node"].float().masked_fill(padding, 0.0)
-        log_q = s.log_marginals("node")["node"].masked_fill(padding, 0.0)
-        return -self.tau ** 2 * weighted(node, log_q).sum((1, 2))
+        names = POSTERIORS[s.kind]
+        targets = teacher_marginals(s, teacher, names)
+        log_q = s.log_marginals(*names)
+        total = 0.0
+        for name in names:
+            where = support(s, name)
+            q_t = targets[name].float().masked_fill(~where, 0.0)
+            total = total + weighted(q_t, log_q[name].masked_fill(~where, 0.0)).flatten(1).sum(1)
+        return -self.tau ** 2 * total
 
 
 class SubstructureL2(Objective):

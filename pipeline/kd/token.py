@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.kd.base import Objective, check_tau
+from pipeline.kd.base import TEACHER_KINDS, Objective, check_tau
 from pipeline.structs import Structure
 from pipeline.structs.ops import weighted
 
@@ -27,6 +27,7 @@ class NoKD(Objective):
     """Zero KD loss: training on the gold NLL only (the baseline)."""
 
     name = "none"
+    structures = tuple(sorted(TEACHER_KINDS))
 
     def loss(self, student, teacher, hard):
         return student.mask.new_zeros(student.mask.shape[0], dtype=torch.float32)

@@ -1,7 +1,10 @@
 """What every KD objective reads of the teacher: ``TeacherTargets``, one batch of the store's
 teacher summaries (the student side is a ``pipeline.structs.Structure``).
 
-Shapes follow docs/DESIGN.md: B sentences, L words (padded), T labels, K stored k-best paths.
+Shapes follow docs/DESIGN.md: B sentences, L words (padded), T labels, K stored k-best paths,
+R dependency relations, E span types. The marginal fields are named after the parts of the student
+structures they are targets for (``Structure.target_names``): node / edge (chain, factorized),
+arc / rel (trees and head selection, labeled or not), span (span sets).
 """
 from __future__ import annotations
 
@@ -19,11 +22,22 @@ class TeacherTargets:
 
     emissions [B, L, T]; transitions [B, T, T]; start / end [B, T] (the teacher's factors, -inf
     where its scheme forbids them); node [B, L, T] and edge [B, L-1, T, T] marginals at temperature
-    ``tau``; kbest_paths [B, K, L] long (best first); kbest_logprob [B, K] true log-probabilities,
-    -inf for surplus rows; residual_mass [B] (1 - mass of the K paths); log_z [B]; crf [B] bool
-    (True: the sentence's teacher is a chain CRF, False: a factorized MaxEnt teacher); ``kinds``
-    the structure kinds of the batch's teachers as known on the host ({"chain", "factorized"}; the
-    stream sets it so that no objective has to read ``crf`` back from a GPU).
+    ``tau`` (a span teacher's node: its BIOES marginals, ``Spans.bioes_marginals``);
+    kbest_paths [B, K, ...] long (best first) in the student's output format: label sequences
+    [B, K, L], heads [B, K, L+1] (the teacher's k best trees or head vectors), labeled
+    [B, K, 2, L+1] (heads; relations: ``LabeledArcs.kbest``); kbest_logprob [B, K] their true
+    log-probabilities, -inf for surplus rows; residual_mass [B] (1 - mass of the K paths); log_z
+    [B]; crf [B] bool (True: the sentence's teacher is a chain CRF, False: a factorized MaxEnt
+    teacher; sequence teachers only).
+
+    Dependency teachers (positions 0..L, 0 the root, as pipeline.structs.tree): arc [B, L+1, L+1]
+    ``arc[b, h, d] = P_t(h -> d)`` at temperature ``tau``, zero at padding, in column 0 and on the
+    diagonal (the store's d-major [L, L+1] rows transposed: ``arc[b, :, d] = stored[d - 1]``);
+    rel [B, L+1, R] ``P_t(rel_d = l)`` at ``tau``, zero in row 0 and at padding. Span teachers:
+    span [B, L, L, E] ``P_t((s, t, e) in the set)``.
+
+    ``kinds`` the structure kinds of the batch's teachers as known on the host (pipeline.kd.base
+    TEACHER_KINDS; the stream sets it so that no objective has to read ``crf`` back from a GPU).
     """
 
     emissions: Tensor | None = None
@@ -37,6 +51,9 @@ class TeacherTargets:
     residual_mass: Tensor | None = None
     log_z: Tensor | None = None
     crf: Tensor | None = None
+    arc: Tensor | None = None
+    rel: Tensor | None = None
+    span: Tensor | None = None
     tau: float = 1.0
     kinds: frozenset = frozenset()
 
