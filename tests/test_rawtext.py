@@ -66,3 +66,22 @@ def test_round_trip_of_demo_sentences():
         doc = [[row[0] for row in demo.sentence(rng)] for _ in range(3)]
         text = " ".join(demo.detokenize(tokens) for tokens in doc)
         assert sentences(text) == doc, text
+
+
+@pytest.mark.parametrize("text, expected", [
+    # spaCy's Spanish rules: abbreviations (Sr., EE.UU.) kept whole, hyphens inside words and dates
+    # not split, opening marks (" ¿) start the next sentence
+    ('Lo dijo el Sr. López en EE.UU. ayer. "Es así", dijo (EFE). ¿Qué pasa?',
+     ['Lo dijo el Sr. López en EE.UU. ayer .', '" Es así " , dijo ( EFE ) .', "¿ Qué pasa ?"]),
+    ("Un acuerdo árabe-israelí del 1996-08-22 . Otro", ["Un acuerdo árabe-israelí del 1996-08-22 .",
+                                                        "Otro"]),
+    ("   ", []),
+])
+def test_sentences_spanish(text, expected):
+    assert sentences(text, "es") == [s.split() for s in expected]
+    assert tokenize(text, "es") == " ".join(expected).split()
+
+
+def test_unsupported_language():
+    with pytest.raises(ValueError, match="language 'zz'"):
+        sentences("Hola.", "zz")
