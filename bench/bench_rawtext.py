@@ -22,11 +22,12 @@ hand-written English rules), ``new`` the current ``pipeline.rawtext.sentences(te
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -135,8 +136,11 @@ def old_splitter(rev: str):
     """``sentences`` of pipeline/rawtext.py at git revision ``rev`` (English rules, no lang)."""
     source = subprocess.run(["git", "show", f"{rev}:pipeline/rawtext.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    module = types.ModuleType("old_rawtext")
-    exec(compile(source, f"{rev}:pipeline/rawtext.py", "exec"), module.__dict__)
+    path = Path(tempfile.mkdtemp()) / "old_rawtext.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("old_rawtext", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return lambda text, lang: module.sentences(text)
 
 
