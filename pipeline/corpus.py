@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipeline.config import CorpusConfig, check_corpus_names
 from pipeline.errors import ConfigError, DataError
-from pipeline.readers import (CorpusError, CorpusWarning, Located, Sentence, read_columns_located,
-                              read_conllu_located, read_raw_located)
+from pipeline.conllu_reader import read_conllu_located
+from pipeline.readers import CorpusError, CorpusWarning, Located, Sentence, read_columns_located, read_raw_located
 from pipeline.schemes import convert, detect_scheme, first_invalid, normalize_scheme, parse_label
 
 __all__ = ["CorpusError", "CorpusWarning", "Sentence", "check_corpora", "corpus_splits",
@@ -111,6 +111,8 @@ def read_corpus(cfg: CorpusConfig, split: str) -> list[Sentence]:
     path, sentences, located = _read_located(cfg, split)
     if sentences[0].labels is None:
         return sentences
+    if cfg.head_encoding is not None:
+        return _encode_trees(cfg, path, sentences, located)
     how = "detected" if cfg.scheme == "auto" else "configured"
     scheme = (detect_scheme(s.labels for s in sentences if s.labels is not None)
               if cfg.scheme == "auto" else normalize_scheme(cfg.scheme))
@@ -137,11 +139,32 @@ def read_corpus(cfg: CorpusConfig, split: str) -> list[Sentence]:
     return sentences
 
 
+def _encode_trees(cfg: CorpusConfig, path: str, sentences: list[Sentence],
+                  located: list[Located]) -> list[Sentence]:
+    """Labels = each word's head and relation under ``cfg.head_encoding`` (parsing as sequence
+    labeling, ``pipeline.head_encoding``); the tags stay in ``upos``."""
+    from pipeline.head_encoding import encode
+
+    if cfg.format != "conllu" or cfg.scheme not in ("auto", "none") or cfg.convert_to:
+        raise ConfigError(f"corpus {cfg.name!r}: head_encoding reads the trees of a CoNLL-U file "
+                          "(format: conllu, scheme: none or auto, no convert_to)")
+    for sentence, loc in zip(sentences, located):
+        if sentence.heads is None:
+            raise CorpusError(path, loc.lines[0], f"head_encoding {cfg.head_encoding}: the file has no "
+                              "dependency trees (HEAD is _)")
+        if cfg.head_encoding == "rel_pos" and sentence.upos is None:
+            raise CorpusError(path, loc.lines[0], "head_encoding rel_pos: the file has no UPOS tags")
+        sentence.labels = encode(sentence.heads, sentence.rels, sentence.upos, cfg.head_encoding)
+    return sentences
+
+
 def effective_scheme(cfg: CorpusConfig, sentences: Sequence[Sentence]) -> str:
     """The tag scheme of sentences returned by ``read_corpus(cfg, ...)``: ``cfg.convert_to`` if
     set, else ``cfg.scheme``, else (``auto``) the scheme detected on ``sentences``."""
     if cfg.convert_to:
         return normalize_scheme(cfg.convert_to)
+    if cfg.head_encoding is not None:
+        return "none"
     if cfg.scheme != "auto":
         return normalize_scheme(cfg.scheme)
     return detect_scheme(s.labels for s in sentences if s.labels is not None)

@@ -53,6 +53,9 @@ class Sentence:
     corpus: str
     split: str
     lang: str
+    heads: list[int] | None = None  # CoNLL-U HEAD of words 1..n (0 = the root)
+    rels: list[str] | None = None  # CoNLL-U DEPREL of words 1..n
+    upos: list[str] | None = None  # CoNLL-U UPOS of words 1..n
 
 
 class CorpusError(DataError, ValueError):
@@ -319,64 +322,11 @@ def read_tsv(path: str | Path, corpus: str, split: str, lang: str = "en", *,
                          limit=limit)[0]
 
 
-def read_conllu(path: str | Path, corpus: str, split: str, lang: str = "en", *,
-                tag: str = "upos", labels: Iterable[str] | None = None,
-                limit: int | None = None) -> list[Sentence]:
-    """CoNLL-U: 10 tab-separated columns; FORM and the UPOS (``tag="upos"``) or XPOS tag.
-
-    ``#`` comment lines, multiword-token lines (``1-2``) and empty nodes (``1.1``) are skipped;
-    token ids must run 1, 2, 3, ... within a sentence; a ``_`` tag is an error.
-    """
-    return read_conllu_located(path, corpus, split, lang, tag=tag, labels=labels, limit=limit)[0]
-
-
-def read_conllu_located(path: str | Path, corpus: str, split: str, lang: str, *, tag: str,
-                 labels: Iterable[str] | None,
-                 limit: int | None) -> tuple[list[Sentence], list[Located]]:
-    _check_limit(limit)
-    if tag not in ("upos", "xpos"):
-        raise ValueError(f"tag must be 'upos' or 'xpos', got {tag!r}")
-    column = 3 if tag == "upos" else 4
-    label_set = None if labels is None else frozenset(labels)
-    lines = _read_lines(path)
-    located: list[Located] = []
-    breaks: list[tuple[int, str]] = []
-    current = Located([], [], [])
-    for lineno, line in enumerate(lines, 1):
-        if limit is not None and len(located) >= limit:
-            break
-        if not line.strip(_ASCII_SPACE):
-            if current.tokens:
-                if line and _token_follows(lines, lineno, "#"):
-                    breaks.append((lineno, "whitespace-only line"))
-                located.append(current)
-                current = Located([], [], [])
-            continue
-        _check_line(path, lineno, line)
-        if line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        if len(fields) != 10:
-            raise CorpusError(path, lineno, f"expected 10 tab-separated CoNLL-U columns, found "
-                              f"{len(fields)}")
-        if re.fullmatch(r"\d+-\d+|\d+\.\d+", fields[0]):
-            continue
-        if fields[0] != str(len(current.tokens) + 1):
-            raise CorpusError(path, lineno, f"token id {fields[0]!r}, expected "
-                              f"{len(current.tokens) + 1}")
-        current.tokens.append(_check_word(path, lineno, fields[1]))
-        current.labels.append(_check_label(path, lineno, fields[column], label_set, ("", "_")))
-        current.lines.append(lineno)
-    if current.tokens and (limit is None or len(located) < limit):
-        located.append(current)
-    _warn_breaks(path, breaks)
-    return _finish(path, located, len(lines), corpus, split, lang)
-
-
 def read_raw(path: str | Path, corpus: str, split: str, lang: str = "en", *,
              limit: int | None = None) -> list[Sentence]:
     """Unlabeled raw text, one document per line, split into tokenized sentences by
-    ``pipeline.rawtext`` (labels None); blank lines are empty documents."""
+    ``pipeline.rawtext`` in language ``lang`` (labels None); blank lines are empty documents. A
+    language without a splitter is a DataError naming the file."""
     return read_raw_located(path, corpus, split, lang, limit=limit)[0]
 
 
@@ -385,9 +335,13 @@ def read_raw_located(path: str | Path, corpus: str, split: str, lang: str, *,
     _check_limit(limit)
     lines = _read_lines(path)
     located: list[Located] = []
+    try:
+        rawtext.sentences("", lang)
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
     for lineno, line in enumerate(lines, 1):
         if limit is not None and len(located) >= limit:
             break
         located.extend(Located([_check_word(path, lineno, t) for t in tokens], None, (lineno,))
-                       for tokens in rawtext.sentences(line))
+                       for tokens in rawtext.sentences(line, lang))
     return _finish(path, located[:limit], len(lines), corpus, split, lang)

@@ -26,8 +26,10 @@ from pipeline.config import AnnotateConfig, CorpusConfig
 from pipeline.dist import World, broadcast, device_for, finish, first_error, init, world_from_env
 from pipeline.precision import autocast
 from pipeline.corpus import Sentence, check_corpora, corpus_splits, read_corpus
-from pipeline.teaching import DECODER_KIND, Teacher, rounded, teacher_factors, teacher_targets
+from pipeline.teaching import (Teacher, decoder_name, is_labeled_tree, rounded, teacher_factors,
+                               teacher_targets)
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
+from store.trees import to_rows
 from store.writer import ShardSpec, StoreWriter
 
 OnBatch = Callable[[int, int], None]  # (sentences, words) annotated
@@ -63,15 +65,32 @@ def teacher_meta(teacher: Teacher, lang: str, folder: str, probe: list[str],
         structure = teacher.structure([probe])
     try:
         arrays = teacher_factors(structure)
+        decoder = decoder_name(structure)
     except ValueError as err:
         raise StoreError(f"teacher {folder}: {err}") from None
     fingerprint = teacher.fingerprint()
     return TeacherMeta(teacher_id(folder, fingerprint), lang, list(teacher.labels), teacher.scheme,
-                       DECODER_KIND[structure.kind], fingerprint, options.k, options.tau, folder, arrays)
+                       decoder, fingerprint, options.k, options.tau, folder, arrays)
 
 
-def input_sha256(sentences: list[Sentence]) -> str:
-    payload = [[s.sid, s.tokens, s.labels] for s in sentences]
+def tree_gold(s: Sentence) -> tuple[list | None, list | None, list | None]:
+    """(heads, relations, upos) of a sentence (None where the corpus has none); a tree teacher
+    stores them. Heads and relations come together or not at all."""
+    heads, rels, upos = (getattr(s, name, None) for name in ("heads", "rels", "upos"))
+    if (heads is None) != (rels is None):
+        raise StoreError(f"sentence {s.sid}: has {'heads' if rels is None else 'relations'} but no "
+                         f"{'relations' if rels is None else 'heads'}; a tree teacher needs both or neither")
+    return (None if heads is None else [int(h) for h in heads], None if rels is None else list(rels),
+            None if upos is None else list(upos))
+
+
+def input_sha256(sentences: list[Sentence], tree: bool = False) -> str:
+    """sha256 of a shard's input: sids, tokens and labels (and for a tree teacher the sentences'
+    heads, relations and UPOS where present; a chain shard's hash is the one of earlier versions)."""
+    payload = []
+    for s in sentences:
+        gold = tree_gold(s) if tree else (None, None, None)
+        payload.append([s.sid, s.tokens, s.labels] + ([list(gold)] if gold != (None, None, None) else []))
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
@@ -80,35 +99,54 @@ def annotate_batch(teacher: Teacher, meta: TeacherMeta, sentences: list[Sentence
     """Teacher outputs of one batch as per-sentence store rows (see StoreWriter.write_shard).
 
     The teacher's forward pass runs under ``precision`` (pipeline/precision.py; its dynamic programs
-    in fp32). Emissions are rounded to the storage dtype first, so every stored quantity is exactly
-    the one of the stored potentials (store/README.md, "Precision")."""
+    in fp32). Its potentials (emissions, arc scores) are rounded to the storage dtype first, so every
+    stored quantity is exactly the one of the stored potentials (store/README.md, "Precision"). A
+    tree teacher's rows hold heads (1-based, 0 = the root) and relation ids of words 1..L."""
     tokens = [s.tokens for s in sentences]
     with autocast(precision, structure_device(teacher)):
         structure = teacher.structure(tokens)
     lengths = [len(t) for t in tokens]
-    if structure.mask.shape[0] != len(tokens) or structure.lengths.tolist() != lengths:
-        raise StoreError(f"teacher {meta.id}: mask does not match the sentence lengths of the batch "
-                         f"starting with {sentences[0].sid}")
+    try:
+        decoder = decoder_name(structure)
+    except ValueError as err:
+        raise StoreError(f"teacher {meta.id}: {err}") from None
+    mask = structure.arcs.mask if is_labeled_tree(structure) else structure.mask
+    if decoder != meta.decoder or mask.shape[0] != len(tokens) or mask.sum(1).tolist() != lengths:
+        raise StoreError(f"teacher {meta.id}: its structure ({decoder}) or mask does not match the "
+                         f"teacher ({meta.decoder}) or the sentence lengths of the batch starting with "
+                         f"{sentences[0].sid}")
     try:
         out = teacher_targets(rounded(structure, getattr(torch, options.dtype)), options.k,
                               tau=options.tau, with_marginals=options.tensors == "full")
     except ValueError as err:
         raise StoreError(f"teacher {meta.id}, batch starting with {sentences[0].sid}: {err}") from None
     out = {name: value.detach().cpu().numpy() for name, value in out.items()}
+    if meta.is_tree and out["rel"].shape[-1] != len(meta.labels):
+        raise StoreError(f"teacher {meta.id}: {out['rel'].shape[-1]} relation scores per arc, but "
+                         f"{len(meta.labels)} relation names (its labels)")
     index = {label: i for i, label in enumerate(meta.labels)}
     rows = []
     for b, s in enumerate(sentences):
         n = lengths[b]
-        rows.append({
-            "sid": s.sid, "corpus": s.corpus, "split": s.split, "lang": s.lang, "teacher": meta.id,
-            "index": int(s.sid.rsplit("/", 1)[1]), "length": n, "tokens": list(s.tokens),
-            "gold": None if s.labels is None else list(s.labels),
-            "gold_ids": None if s.labels is None else [index.get(label, -1) for label in s.labels],
-            "viterbi": out["viterbi"][b, :n], "kbest_paths": out["kbest_paths"][b, :, :n],
-            "kbest_logprob": out["kbest_logprob"][b], "residual_mass": float(out["residual_mass"][b]),
-            "log_z": float(out["log_z"][b]), "emissions": out["emissions"][b, :n],
-            **({"node": out["node"][b, :n], "edge": out["edge"][b, :n - 1]} if "node" in out else {}),
-        })
+        gold = s.labels
+        row = {"sid": s.sid, "corpus": s.corpus, "split": s.split, "lang": s.lang, "teacher": meta.id,
+               "index": int(s.sid.rsplit("/", 1)[1]), "length": n, "tokens": list(s.tokens),
+               "kbest_logprob": out["kbest_logprob"][b], "residual_mass": float(out["residual_mass"][b]),
+               "log_z": float(out["log_z"][b])}
+        if meta.is_tree:  # heads [L+1] -> words 1..n; arcs (h, d) -> the stored [n, n+1] rows
+            row["gold_heads"], gold, row["upos"] = tree_gold(s)
+            row.update(viterbi=out["viterbi"][b, 1:n + 1], kbest_paths=out["kbest_paths"][b, :, 1:n + 1],
+                       relations=out["relations"][b, 1:n + 1], rel=out["rel"][b, 1:n + 1],
+                       arc_scores=to_rows(out["arc_scores"][b], n),
+                       **({"arc": to_rows(out["arc"][b], n)} if "arc" in out else {}))
+        else:
+            row.update(viterbi=out["viterbi"][b, :n], kbest_paths=out["kbest_paths"][b, :, :n],
+                       emissions=out["emissions"][b, :n])
+            if "node" in out:
+                row.update(node=out["node"][b, :n], edge=out["edge"][b, :n - 1])
+        row["gold"] = None if gold is None else list(gold)
+        row["gold_ids"] = None if gold is None else [index.get(label, -1) for label in gold]
+        rows.append(row)
     return rows
 
 
@@ -164,7 +202,7 @@ def plan_shards(work, metas: dict[str, TeacherMeta],
         for chunk, first in enumerate(range(0, len(sentences), shard_size)):
             part = sentences[first:first + shard_size]
             spec = ShardSpec(shard_id(meta.id, corpus.name, split, chunk), meta.id, corpus.name, split,
-                             corpus.lang, first, len(part), input_sha256(part))
+                             corpus.lang, first, len(part), input_sha256(part, meta.is_tree))
             plan.append((spec, part))
     return plan
 

@@ -18,8 +18,9 @@ from pipeline.teaching import rounded, teacher_factors, teacher_targets
 from pipeline.trainer import resolve_device
 from store.checks import check_k, check_store, check_verified, open_checked, verify_files
 from store.reader import Store
-from store.schema import StoreError
+from store.schema import StoreError, table_path
 from store.stream import KBEST_FIELDS, Batch, StoreStream
+from store.stream_trees import teacher_kind
 
 
 def stream_fields(fields: tuple[str, ...]) -> tuple[str, ...]:
@@ -31,22 +32,51 @@ def stream_fields(fields: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def eval_rows(store: Store, split: str) -> list[dict]:
-    """Labeled sentences of ``split`` (tokens, gold, lang), one per sid, in manifest order; each
+    """Labeled sentences of ``split`` (tokens, gold, lang; a store of dependency teachers also
+    gold_heads and upos, its gold being the relations), one per sid, in manifest order; each
     shard's files are checked against their manifest checksums first, as the stream does."""
     seen: dict[str, dict] = {}
+    tree = any(t.is_tree for t in store.teachers.values())
+    columns = ["sid", "lang", "tokens", "gold"] + (["gold_heads", "upos"] if tree else [])
     for shard in store.shards(split):
         verify_files(store, store.shard_info(shard).get("files", {}), f"shard {shard}")
-        for row in store.read_table(shard, ["sid", "lang", "tokens", "gold"]).to_pylist():
+        for row in store.read_table(shard, columns).to_pylist():
             if row["gold"] is not None and row["sid"] not in seen:
                 seen[row["sid"]] = row
     return list(seen.values())
 
 
+def encoded_labels(store: Store, splits: list[str], kind: str) -> list[str]:
+    """The labels of a tagger student of dependency teachers (``pipeline.head_encoding``): those of
+    every tree it is trained on, the gold tree of a labeled row and the teacher's best tree of an
+    unlabeled one, sorted. StoreError naming the sentence whose tree cannot be encoded."""
+    from pipeline.head_encoding import encode
+
+    out: set[str] = set()
+    names = {tid: t.labels for tid, t in store.teachers.items()}
+    columns = ["sid", "teacher", "gold", "gold_heads", "viterbi", "relations", "upos"]
+    for split in splits:
+        for shard in store.shards(split):
+            verify_files(store, store.shard_info(shard).get("files", {}), f"shard {shard}")
+            for row in store.read_table(shard, columns).to_pylist():
+                heads, rels = (row["gold_heads"], row["gold"]) if row["gold"] is not None else \
+                    (row["viterbi"], [names[row["teacher"]][i] for i in row["relations"]])
+                try:
+                    out.update(encode(heads, rels, row["upos"], kind))
+                except ValueError as err:
+                    raise StoreError(f"sentence {row['sid']}: {err}") from None
+    return sorted(out)
+
+
 def vocab_sentences(store: Store, splits: list[str]) -> list[list[str]]:
-    """Token lists of the splits (the BiLSTM vocabulary), read from the Parquet tokens column only."""
+    """Token lists of the splits (the BiLSTM vocabulary), read from the Parquet tokens column only,
+    after the table file's checksum."""
     out: list[list[str]] = []
     for split in splits:
         for shard in store.shards(split):
+            rel = table_path(shard)
+            files = store.shard_info(shard).get("files", {})
+            verify_files(store, {rel: files.get(rel, "")}, f"shard {shard}")
             out += store.read_table(shard, ["tokens"]).column("tokens").to_pylist()
     return out
 
@@ -61,6 +91,9 @@ class OnlineTeacher:
             raise StoreError(f"--online-teacher compares with a single-teacher store; {store.url} has "
                              f"{sorted(store.teachers)}")
         self.meta = next(iter(store.teachers.values()))
+        if self.meta.is_tree:
+            raise StoreError(f"--online-teacher compares sequence-labeling teachers; {store.url} holds "
+                             f"the dependency teacher {self.meta.id}")
         self.tagger = Tagger.load(folder, device)
         if self.tagger.labels != self.meta.labels:
             raise StoreError(f"online teacher {folder}: labels {self.tagger.labels} != the store's "
@@ -94,19 +127,26 @@ class OnlineTeacher:
 def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillData:
     """The store ``cfg.store`` as DistillData: splits train (+ unlabeled unless the method is the
     gold-only ``none`` or ``use_unlabeled`` is off), dev and test rows, the stream at ``cfg.kd.k`` /
-    ``cfg.kd.tau`` (refused when the store keeps fewer paths)."""
+    ``cfg.kd.tau`` (refused when the store keeps fewer paths). With ``cfg.head_encoding`` (a tagger
+    student of a dependency-teacher store) the student's labels are ``cfg.labels``."""
     store = open_checked(cfg.store)
-    labels, scheme = check_store(store, cfg.labels)
+    labels, scheme = check_store(store, None if cfg.head_encoding else cfg.labels)
     check_verified(store)
     check_k(store, cfg.kd.k)
     splits = ["train"] + (["unlabeled"] if cfg.use_unlabeled and cfg.kd.method != "none" else [])
-    kinds = frozenset("chain" if t.is_crf else "factorized" for t in store.teachers.values())
+    trees = any(t.is_tree for t in store.teachers.values())
+    if cfg.head_encoding is not None:
+        if not trees:
+            raise StoreError(f"{cfg.store}: distill.head_encoding maps a dependency teacher's outputs onto "
+                             "a tagger's labels; this store's teachers are sequence labelers")
+        labels, scheme = cfg.labels or encoded_labels(store, splits, cfg.head_encoding), "none"
+    kinds = frozenset(teacher_kind(t, cfg.head_encoding) for t in store.teachers.values())
 
     def stream(fields: tuple[str, ...], featurize, world: World) -> StoreStream:
         return StoreStream(store, splits, fields=stream_fields(fields), k=cfg.kd.k,
                            batch_tokens=cfg.batch_tokens, shuffle_buffer=cfg.shuffle_buffer,
                            seed=cfg.optim.seed, labels=labels, tau=cfg.kd.tau, featurize=featurize,
-                           rank=world.rank, world_size=world.size)
+                           rank=world.rank, world_size=world.size, head_encoding=cfg.head_encoding)
 
     def online(fields: tuple[str, ...]) -> OnlineTeacher:
         return OnlineTeacher(cfg.online_teacher, store, resolve_device(cfg.device), stream_fields(fields),
@@ -117,7 +157,7 @@ def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillDat
                          for tid, t in store.teachers.items()}}
     return DistillData(labels, scheme, kinds, stream, eval_rows(store, "dev"), eval_rows(store, "test"),
                        lambda: vocab_sentences(store, splits), info,
-                       online if cfg.online_teacher else None)
+                       online if cfg.online_teacher else None, trees, cfg.head_encoding)
 
 
 def distill(cfg: DistillConfig, progress: bool = True) -> dict:

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from store.schema import (EDGE_OFFSETS, STORED_ARRAYS, TABLE_SCHEMA, TOKEN_OFFSETS, StoreOptions,
-                          TeacherMeta)
+from store.schema import (ARC_ARRAYS, EDGE_OFFSETS, TABLE_SCHEMA, TOKEN_OFFSETS, TREE_DECODERS, StoreOptions,
+                          TeacherMeta, stored_arrays)
 from store.tensors import edge_offsets, offsets_of
+from store.trees import tree_arrays
 
 SCALARS = ("sid", "corpus", "split", "lang", "teacher", "shard", "index", "length", "residual_mass", "log_z")
 
@@ -68,18 +69,39 @@ def sentence_dict(columns: dict[str, Column], arrays: dict[str, tuple[np.ndarray
     out["log_z"], out["residual_mass"] = np.float32(out["log_z"]), np.float32(out["residual_mass"])
     for name, (flat, offsets) in arrays.items():
         out[name] = flat[offsets[row]:offsets[row + 1]]
-    for name in ("transitions", "start", "end"):
-        out[name] = teacher.arrays[name]
+        if name in ARC_ARRAYS:
+            out[name] = out[name].reshape(out["length"], out["length"] + 1)
+    if teacher.is_tree:
+        for name in ("gold_heads", "relations"):
+            value = columns[name].row(row)
+            out[name] = None if value is None else value.astype(np.int64)
+        upos = columns["upos"].row(row)
+        out["upos"] = None if upos is None else np.asarray(upos, dtype=str)
+    else:
+        for name in ("transitions", "start", "end"):
+            out[name] = teacher.arrays[name]
     return out
 
 
 def build_frame(store, columns: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
-    """All shards' rows (manifest order) as one DataFrame; list columns hold numpy arrays."""
+    """All shards' rows (manifest order) as one DataFrame; list columns hold numpy arrays. A store
+    with a tree teacher also gets ``heads`` (its rows' ``viterbi``; None in chain rows) and shows
+    ``relations`` as relation names."""
     tables = [store.read_table(shard, columns) for shard in store.shards(split)]
     if not tables:
         empty = TABLE_SCHEMA.empty_table()
         return (empty.select(columns) if columns else empty).to_pandas()
-    return pa.concat_tables(tables).to_pandas()
+    frame = pa.concat_tables(tables).to_pandas()
+    trees = {tid: t.labels for tid, t in store.teachers.items() if t.is_tree}
+    if not trees or "teacher" not in frame:
+        return frame
+    tree_rows = frame["teacher"].isin(list(trees))
+    if "viterbi" in frame:
+        frame.insert(frame.columns.get_loc("viterbi"), "heads", frame["viterbi"].where(tree_rows, None))
+    if "relations" in frame:
+        frame["relations"] = [None if ids is None else [trees[tid][i] for i in ids]
+                              for tid, ids in zip(frame["teacher"], frame["relations"])]
+    return frame
 
 
 def _list_array(values: np.ndarray, lengths: np.ndarray, item: pa.DataType) -> pa.Array:
@@ -88,7 +110,8 @@ def _list_array(values: np.ndarray, lengths: np.ndarray, item: pa.DataType) -> p
 
 
 def shard_table(rows: list[dict]) -> pa.Table:
-    """The Parquet rows of a shard (TABLE_SCHEMA) from per-sentence dicts."""
+    """The Parquet rows of a shard (TABLE_SCHEMA) from per-sentence dicts (a chain row has no
+    ``gold_heads`` / ``relations`` / ``upos``: null)."""
     lengths = np.array([r["length"] for r in rows], dtype=np.int64)
     k = len(rows[0]["kbest_logprob"])
     paths = np.concatenate([np.asarray(r["kbest_paths"], dtype=np.int16).reshape(-1) for r in rows])
@@ -96,6 +119,10 @@ def shard_table(rows: list[dict]) -> pa.Table:
     cols = {name: pa.array([r[name] for r in rows], type=TABLE_SCHEMA.field(name).type)
             for name in ("sid", "corpus", "split", "lang", "teacher", "shard", "index", "length",
                          "tokens", "gold", "gold_ids", "residual_mass", "log_z")}
+    cols["upos"] = pa.array([r.get("upos") for r in rows], type=TABLE_SCHEMA.field("upos").type)
+    for name in ("gold_heads", "relations"):
+        cols[name] = pa.array([None if r.get(name) is None else np.asarray(r[name], dtype=np.int16)
+                               for r in rows], type=TABLE_SCHEMA.field(name).type)
     cols["viterbi"] = _list_array(np.concatenate([np.asarray(r["viterbi"], dtype=np.int16) for r in rows]),
                                   lengths, pa.int16())
     cols["kbest_paths"] = pa.ListArray.from_arrays(
@@ -106,13 +133,15 @@ def shard_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_arrays([cols[name] for name in TABLE_SCHEMA.names], schema=TABLE_SCHEMA)
 
 
-def shard_arrays(rows: list[dict], options: StoreOptions) -> dict[str, np.ndarray]:
+def shard_arrays(rows: list[dict], options: StoreOptions, decoder: str) -> dict[str, np.ndarray]:
     """The Zarr arrays of a shard from per-sentence dicts: offsets, and the tensors the options keep
-    in the storage dtype (probabilities below ``prune`` zeroed)."""
+    for a teacher with ``decoder`` in the storage dtype (probabilities below ``prune`` zeroed)."""
     dtype = np.dtype(options.dtype)
     offsets = offsets_of([r["length"] for r in rows])
     arrays = {TOKEN_OFFSETS: offsets}
-    names = STORED_ARRAYS[options.tensors]
+    if decoder in TREE_DECODERS:
+        return {**arrays, **tree_arrays(rows, options, decoder, offsets)}
+    names = stored_arrays(decoder, options.tensors)
     for name in names:
         arrays[name] = np.concatenate([np.asarray(r[name]) for r in rows]).astype(dtype)
     if "edge" in names:

@@ -15,11 +15,12 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from store.frame import build_frame, list_column, sentence_dict
-from store.schema import (FORMAT, MANIFEST, SCHEMA_VERSION, STORED_ARRAYS, TABLE_COLUMNS, TEACHER_ARRAYS,
-                          TOKEN_OFFSETS, StoreError, StoreOptions, StoreWarning, TeacherMeta,
-                          check_relpath, check_shard_id, manifest_state, modified_message, parse_sid,
-                          table_path, teacher_path, tensor_path)
+from store.schema import (ARC_ARRAYS, ARC_OFFSETS, FORMAT, MANIFEST, OLD_COLUMNS, SCHEMA_VERSION,
+                          TABLE_COLUMNS, TABLE_SCHEMA, TOKEN_OFFSETS, TREE_COLUMNS, StoreError, StoreOptions, StoreWarning,
+                          TeacherMeta, check_relpath, check_shard_id, manifest_state, modified_message,
+                          parse_sid, stored_arrays, table_path, teacher_arrays, teacher_path, tensor_path)
 from store.tensors import edge_offsets, recompute
+from store.trees import arc_offsets, recompute_arcs
 
 
 class Store:
@@ -59,7 +60,7 @@ class Store:
         self.manifest = manifest
         self.options = StoreOptions(**manifest["options"])
         self.teacher_attrs: dict[str, dict] = {}
-        self.teachers = {tid: TeacherMeta.from_json(tid, data, self._teacher_arrays(tid))
+        self.teachers = {tid: TeacherMeta.from_json(tid, data, self._teacher_arrays(tid, data.get("decoder")))
                          for tid, data in manifest["teachers"].items()}
         self._cache: tuple[str, pa.Table, dict] | None = None
 
@@ -85,12 +86,13 @@ class Store:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise StoreError(f"{self.url}: missing Zarr group {rel}: {err}") from None
 
-    def _teacher_arrays(self, teacher: str) -> dict[str, np.ndarray]:
-        """The teacher's factor arrays; its group attributes (the writer's copy of the teacher's
-        manifest entry, checksummed with the teacher files) go to ``teacher_attrs``."""
+    def _teacher_arrays(self, teacher: str, decoder: str) -> dict[str, np.ndarray]:
+        """The teacher's factor arrays (none for a tree teacher); its group attributes (the writer's
+        copy of the teacher's manifest entry, checksummed with the teacher files) go to
+        ``teacher_attrs``."""
         group = self._group(teacher_path(teacher))
         self.teacher_attrs[teacher] = dict(group.attrs)
-        return {name: group[name][...] for name in TEACHER_ARRAYS}
+        return {name: group[name][...] for name in teacher_arrays(decoder)}
 
     @property
     def complete(self) -> bool:
@@ -120,44 +122,71 @@ class Store:
             raise KeyError(f"{self.url}: no shard {shard!r}") from None
 
     def read_table(self, shard: str, columns: list[str] | None = None) -> pa.Table:
-        """The shard's Parquet rows (all TABLE_COLUMNS, or ``columns``); row count checked."""
+        """The shard's Parquet rows (all TABLE_COLUMNS, or ``columns``); row count checked. A table
+        written before trees (OLD_COLUMNS) gets the tree columns as nulls."""
         info = self.shard_info(shard)
         try:
             with self.fs.open(self.path(table_path(shard)), "rb") as fh:
-                table = pq.read_table(fh, columns=columns)
+                parquet = pq.ParquetFile(fh)
+                present = parquet.schema_arrow.names
+                wanted = list(TABLE_COLUMNS if columns is None else columns)
+                table = parquet.read([c for c in wanted if c in present or c not in TREE_COLUMNS])
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"{self.url}: shard {shard}: unreadable table: {err}") from None
         if table.num_rows != info["rows"]:
             raise StoreError(f"{self.url}: shard {shard}: table has {table.num_rows} rows, "
                              f"manifest says {info['rows']}")
-        if columns is None and tuple(table.column_names) != TABLE_COLUMNS:
-            raise StoreError(f"{self.url}: shard {shard}: columns {table.column_names} != {TABLE_COLUMNS}")
-        return table
+        if columns is None and tuple(present) not in (TABLE_COLUMNS, OLD_COLUMNS):
+            raise StoreError(f"{self.url}: shard {shard}: columns {present} != {TABLE_COLUMNS}")
+        for name in wanted:
+            if name not in table.column_names:
+                field = TABLE_SCHEMA.field(name)
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        return table.select(wanted)
+
+    def _decoder(self, shard: str) -> str:
+        tid = self.shard_info(shard)["teacher"]
+        if tid not in self.teachers:
+            raise StoreError(f"{self.url}: shard {shard}: unknown teacher {tid}")
+        return self.teachers[tid].decoder
 
     def read_stored(self, shard: str) -> dict[str, np.ndarray]:
         """The arrays stored in the shard's Zarr group as written (offsets checked against the manifest)."""
         info = self.shard_info(shard)
         group = self._group(tensor_path(shard))
-        names = (TOKEN_OFFSETS,) + STORED_ARRAYS[self.options.tensors]
+        names = stored_arrays(self._decoder(shard), self.options.tensors)
+        names = (TOKEN_OFFSETS,) + ((ARC_OFFSETS,) if "arc_scores" in names else ()) + names
         try:
             out = {name: group[name][...] for name in names}
         except (KeyError, ValueError, OSError) as err:
             raise StoreError(f"{self.url}: shard {shard}: unreadable tensors: {err}") from None
         offsets = out[TOKEN_OFFSETS]
+        per_token = out["rel"] if "rel" in out else out["emissions"]
         if len(offsets) != info["rows"] + 1 or offsets[0] != 0 or offsets[-1] != info["tokens"] \
-                or np.any(np.diff(offsets) < 1) or len(out["emissions"]) != info["tokens"]:
+                or np.any(np.diff(offsets) < 1) or len(per_token) != info["tokens"]:
             raise StoreError(f"{self.url}: shard {shard}: offsets do not match {info['rows']} sentences "
                              f"/ {info['tokens']} tokens in the manifest")
+        arcs = out.get(ARC_OFFSETS)
+        if arcs is not None and not (np.array_equal(arcs, arc_offsets(np.diff(offsets)))
+                                     and all(len(out[n]) == arcs[-1] for n in ARC_ARRAYS if n in out)):
+            raise StoreError(f"{self.url}: shard {shard}: arc offsets do not match the sentence lengths")
         return out
 
     def read_arrays(self, shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``name -> (flat float32 array, int64 offsets)`` for emissions, node and edge; node and edge
-        are recomputed from the emissions when the store keeps potentials only."""
+        """``name -> (flat float32 array, int64 offsets)``: a chain shard's emissions, node and edge
+        (node and edge recomputed from the emissions when the store keeps potentials only); a tree
+        shard's arc_scores and arc (1-D, on the arc offsets; arc recomputed likewise) and rel."""
         stored = self.read_stored(shard)
         offsets = stored[TOKEN_OFFSETS]
-        flat = {name: stored[name].astype(np.float32) for name in STORED_ARRAYS[self.options.tensors]}
+        teacher = self.teachers[self.shard_info(shard)["teacher"]]
+        flat = {name: stored[name].astype(np.float32)
+                for name in stored_arrays(teacher.decoder, self.options.tensors)}
+        if teacher.is_tree:
+            if "arc" not in flat:
+                flat.update(recompute_arcs(teacher, {**stored, "arc_scores": flat["arc_scores"]}))
+            return {name: (flat[name], stored[ARC_OFFSETS] if name in ARC_ARRAYS else offsets)
+                    for name in ("arc_scores", "arc", "rel")}
         if "node" not in flat:
-            teacher = self.teachers[self.shard_info(shard)["teacher"]]
             flat.update(recompute(teacher, flat["emissions"], offsets))
         edges = edge_offsets(offsets)
         return {name: (flat[name], edges if name == "edge" else offsets)

@@ -16,7 +16,11 @@ FORMAT = "structkd-store"
 SPLITS = ("train", "dev", "test", "unlabeled")
 TENSOR_MODES = ("potentials", "full")
 DTYPES = ("float16", "float32")
-DECODERS = ("crf", "maxent")
+CHAIN_DECODERS = ("crf", "maxent")
+# Tree teachers (store/README.md, "Trees"): HeadSelection, DependencyCRF (matrix-tree), projective
+# DependencyCRF (Eisner); every one single-root. pipeline/teaching.py TREE_DECODERS builds them.
+TREE_DECODERS = ("heads", "tree", "tree_projective")
+DECODERS = CHAIN_DECODERS + TREE_DECODERS
 
 MANIFEST = "manifest.json"
 TABLE_DIR = "table"
@@ -36,6 +40,22 @@ TOKEN_OFFSETS = "offsets"  # [n + 1] into emissions / node rows
 EDGE_OFFSETS = "edge_offsets"  # [n + 1] into edge rows (a sentence of length L has L - 1)
 STORED_ARRAYS = {"potentials": ("emissions",), "full": ("emissions", "node", "edge")}
 TEACHER_ARRAYS = ("transitions", "start", "end", "allowed_transitions", "allowed_start", "allowed_end")
+# Tree shards: arc potentials and marginals [L, L+1] per sentence (d-major), flattened to 1-D with
+# their own offsets (a sentence owns L * (L + 1) values); relation marginals [L, R] on TOKEN_OFFSETS.
+ARC_OFFSETS = "arc_offsets"
+ARC_ARRAYS = ("arc_scores", "arc")  # the 1-D arrays on ARC_OFFSETS
+TREE_STORED_ARRAYS = {"potentials": ("arc_scores", "rel"), "full": ("arc_scores", "arc", "rel")}
+
+
+def stored_arrays(decoder: str, tensors: str) -> tuple[str, ...]:
+    """The Zarr arrays (besides the offsets) a shard of a teacher with ``decoder`` holds."""
+    return (TREE_STORED_ARRAYS if decoder in TREE_DECODERS else STORED_ARRAYS)[tensors]
+
+
+def teacher_arrays(decoder: str) -> tuple[str, ...]:
+    """The arrays of a teacher's Zarr group: a chain's factors; none for a tree teacher (its decoder
+    name says everything a reader needs to rebuild its structure)."""
+    return () if decoder in TREE_DECODERS else TEACHER_ARRAYS
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _SHARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]+\.[0-9]{5,}")
@@ -180,7 +200,8 @@ class StoreOptions:
 class TeacherMeta:
     """One teacher of a store. ``transitions``/``start``/``end`` are the effective potentials the
     stored quantities were computed from: -inf marks a factor the tag scheme forbids (CRF); zeros for a
-    MaxEnt teacher, whose constraints (``allowed_*``) only restrict its k-best and Viterbi paths."""
+    MaxEnt teacher, whose constraints (``allowed_*``) only restrict its k-best and Viterbi paths.
+    A tree teacher (``decoder`` in TREE_DECODERS) has no arrays and ``labels`` = its relation names."""
 
     id: str
     lang: str
@@ -208,6 +229,11 @@ class TeacherMeta:
     @property
     def is_crf(self) -> bool:
         return self.decoder == "crf"
+
+    @property
+    def is_tree(self) -> bool:
+        """A dependency teacher: labels are its relation names, paths are head vectors."""
+        return self.decoder in TREE_DECODERS
 
     def to_json(self) -> dict:
         return {"lang": self.lang, "labels": list(self.labels), "scheme": self.scheme,
@@ -253,7 +279,13 @@ TABLE_SCHEMA = pa.schema(
         ("kbest_logprob", pa.list_(pa.float32())),
         ("residual_mass", pa.float32()),
         ("log_z", pa.float32()),
+        # tree shards only (null in chain shards, absent from stores of earlier versions):
+        ("gold_heads", pa.list_(pa.int16())),
+        ("relations", pa.list_(pa.int16())),
+        ("upos", pa.list_(pa.string())),
     ],
     metadata={b"structkd_schema_version": str(SCHEMA_VERSION).encode()},
 )
 TABLE_COLUMNS = tuple(TABLE_SCHEMA.names)
+TREE_COLUMNS = ("gold_heads", "relations", "upos")
+OLD_COLUMNS = TABLE_COLUMNS[:-len(TREE_COLUMNS)]  # the table of stores written before trees

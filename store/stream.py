@@ -9,7 +9,8 @@ length, cuts batches under a padded word budget (``rows * longest <= batch_token
 random half of them. Resident memory: one shard per worker + the buffer, whatever the store size.
 
 Node / edge marginals of a ``potentials`` store are recomputed per batch from the stored emissions
-(exact, see store/README.md); a ``full`` store's stored marginals are used as they are.
+(exact, see store/README.md); a ``full`` store's stored marginals are used as they are. A store of
+dependency teachers: store/stream_trees.py (arc / rel targets, or a tagger's via ``head_encoding``).
 """
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ from pipeline.kd.types import TeacherTargets
 from store.checks import check_k, check_store, open_checked, verify_files
 from store.frame import list_column
 from store.reader import Store
-from store.schema import TOKEN_OFFSETS, StoreError
+from store.schema import ARC_ARRAYS, ARC_OFFSETS, TOKEN_OFFSETS, StoreError
+from store.stream_trees import (KBEST_FIELDS, TENSOR_FIELDS, TREE_FIELDS, TreeCollate, stream_layout, teacher_kind,
+                                tree_hard)
 from store.tensors import edge_offsets, teacher_structure
 
-TENSOR_FIELDS = ("emissions", "node", "edge")
-KBEST_FIELDS = ("kbest_paths", "kbest_logprob", "residual_mass", "log_z")
-ALL_FIELDS = TENSOR_FIELDS + KBEST_FIELDS
+ALL_FIELDS = TENSOR_FIELDS + KBEST_FIELDS  # a chain store's; a tree store's: TREE_FIELDS + KBEST_FIELDS
 BASE_COLUMNS = ["sid", "lang", "length", "tokens", "gold_ids", "viterbi"]
 
 
@@ -43,7 +44,8 @@ class Batch:
     end [B, T, T] / [B, T] are gathered from each row's teacher; ``crf`` [B] bool; ``kinds`` and
     ``tau`` set on the host); ``mask`` [B, L];
     ``hard`` [B, L] long = gold label ids where the sentence is labeled, else the teacher's Viterbi
-    path; ``has_gold`` [B] bool; ``tokens`` / ``sids`` / ``lang`` per row; ``features`` the student's
+    path (a tree store: [B, 2, L+1] heads and relations, see store/stream_trees.py); ``has_gold``
+    [B] bool; ``tokens`` / ``sids`` / ``lang`` per row; ``features`` the student's
     input tensors (``featurize(tokens)``, computed in the loader worker) when the stream has one.
     """
 
@@ -76,49 +78,55 @@ class Batch:
 class StoreStream(IterableDataset):
     """Length-bucketed, shuffled batches of the store's sentences of ``splits`` (see module doc).
 
-    fields: TeacherTargets fields to deliver (subset of ALL_FIELDS; the per-teacher factors and
+    fields: TeacherTargets fields to deliver (None: all the store's layout gives; a chain store: a subset
+    of ALL_FIELDS, a tree store: of TREE_FIELDS + KBEST_FIELDS; a chain store's per-teacher factors and
     ``crf`` always come). k: keep the first k k-best paths (residual mass recomputed; more than the
     store holds is refused). tau: the temperature of the delivered node / edge marginals (the
     store's when None; otherwise recomputed from the stored emissions at tau). labels: the
     student's label list (a store with another is refused). verify: check every shard's checksums
     before reading it. rank / world_size: this process's part of the shards under DDP. featurize:
     the student's ``featurize(tokens) -> dict of tensors``, run per batch where the batch is made
-    (loader workers), so the training thread only runs tensors.
+    (loader workers), so the training thread only runs tensors. head_encoding: a tagger student
+    (``labels`` its labels) of a dependency-teacher store gets node targets over its labels
+    (``rel_pos`` | ``rel_offset``, store/stream_trees.py).
     """
 
     def __init__(self, store: str | Store, splits: list[str] | tuple[str, ...], *,
-                 fields: tuple[str, ...] | list[str] = ALL_FIELDS, k: int | None = None,
+                 fields: tuple[str, ...] | list[str] | None = None, k: int | None = None,
                  batch_tokens: int = 1024, max_sentences: int | None = None, shuffle_buffer: int = 2048,
                  seed: int = 0, rank: int = 0, world_size: int = 1, verify: bool = True,
-                 labels: list[str] | None = None, tau: float | None = None, featurize=None):
+                 labels: list[str] | None = None, tau: float | None = None, featurize=None,
+                 head_encoding: str | None = None):
         super().__init__()
         self.store = open_checked(store) if isinstance(store, str) else store
-        unknown = sorted(set(fields) - set(ALL_FIELDS))
+        unknown = sorted(set(fields or ()) - set(ALL_FIELDS + TREE_FIELDS))
         if unknown:
-            raise ValueError(f"unknown teacher field(s) {unknown}; valid: {list(ALL_FIELDS)}")
+            raise ValueError(f"unknown teacher field(s) {unknown}; valid: {list(ALL_FIELDS + TREE_FIELDS)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_tokens < 1 or shuffle_buffer < 1 or (k is not None and k < 1):
             raise ValueError("batch_tokens, shuffle_buffer and k must be >= 1")
-        self.labels, self.scheme = check_store(self.store, labels)
+        self.labels, self.scheme = check_store(self.store, None if head_encoding else labels)
         check_k(self.store, k)
         self.tau = float(self.store.options.tau if tau is None else tau)
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         self.splits = list(splits)
-        self.fields = tuple(f for f in ALL_FIELDS if f in fields)
+        self.teacher_ids = sorted(self.store.teachers)
+        metas = [self.store.teachers[t] for t in self.teacher_ids]
+        self.tree, fields = stream_layout(self.store.url, metas, fields, head_encoding, labels, self.tau)
+        self.fields = tuple(f for f in ALL_FIELDS + TREE_FIELDS if f in fields)
+        self.trees = TreeCollate(metas, self.fields, self.tau, head_encoding, labels) if self.tree else None
         self.k, self.batch_tokens, self.max_sentences = k, batch_tokens, max_sentences
         self.shuffle_buffer, self.seed, self.verify = shuffle_buffer, seed, verify
         self.rank, self.world_size = rank, world_size
         self.featurize = featurize
         self.epoch = 0
-        self.teacher_ids = sorted(self.store.teachers)
-        metas = [self.store.teachers[t] for t in self.teacher_ids]
-        self.factors = {name: torch.from_numpy(np.stack([np.asarray(m.arrays[name], dtype=np.float32)
-                                                         for m in metas]))
-                        for name in ("transitions", "start", "end")}
+        self.factors = {} if self.tree else {  # a chain teacher's factors, per teacher
+            name: torch.from_numpy(np.stack([np.asarray(m.arrays[name], dtype=np.float32) for m in metas]))
+            for name in ("transitions", "start", "end")}
         self.is_crf = torch.tensor([m.is_crf for m in metas])
-        self.kinds = ["chain" if m.is_crf else "factorized" for m in metas]
+        self.kinds = [teacher_kind(m, head_encoding) for m in metas]
         self.stale = any(m.tau != self.tau for m in metas)  # stored marginals at another tau
         self.shard_ids = [s for split in self.splits for s in self.store.shards(split)]
 
@@ -173,6 +181,8 @@ class StoreStream(IterableDataset):
         if self.verify:
             verify_files(self.store, info.get("files", {}), f"shard {shard}")
         columns = BASE_COLUMNS + [f for f in KBEST_FIELDS if f in self.fields]
+        if self.tree:
+            columns += ["gold_heads", "relations"] + (["upos"] if self.trees.head_encoding else [])
         table = self.store.read_table(shard, columns)
         cols = {name: list_column(table, name) for name in columns if name != "tokens"}
         tokens = table.column("tokens").to_pylist()
@@ -184,7 +194,11 @@ class StoreStream(IterableDataset):
                     "length": int(cols["length"].row(row)), "tokens": tokens[row], "teacher": teacher,
                     "has_gold": gold is not None,
                     "hard": (cols["viterbi"].row(row) if gold is None else gold).copy()}
-            if gold is not None and (gold < 0).any():
+            if self.tree:
+                item["hard"] = tree_hard(cols, row, item["sid"], len(self.labels))
+                if "upos" in cols:
+                    item["upos"] = cols["upos"].row(row)
+            elif gold is not None and (gold < 0).any():
                 raise StoreError(f"{self.store.url}: sentence {item['sid']} has gold labels outside "
                                  f"the label list {self.labels}")
             for name in KBEST_FIELDS:
@@ -197,6 +211,11 @@ class StoreStream(IterableDataset):
 
     def _tensors(self, shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The shard's stored ragged arrays this stream needs, as stored (float16 stays float16)."""
+        if self.tree:
+            names = self.trees.stored_names(self.store.options.tensors == "full")
+            stored = self.store.read_stored(shard) if names else {}
+            return {n: (stored[n], stored[ARC_OFFSETS] if n in ARC_ARRAYS else stored[TOKEN_OFFSETS])
+                    for n in names}
         wanted = [f for f in TENSOR_FIELDS if f in self.fields]
         if not wanted:
             return {}
@@ -214,18 +233,12 @@ class StoreStream(IterableDataset):
         longest = int(lengths.max())
         mask = torch.from_numpy(np.arange(longest)[None, :] < lengths[:, None])
         has_gold = torch.tensor([it["has_gold"] for it in items])
-        hard = _pad_ints([it["hard"] for it in items], longest)
         teacher_idx = torch.tensor([it["teacher"] for it in items])
-        out = {name: value[teacher_idx] for name, value in self.factors.items()}
-        out["crf"] = self.is_crf[teacher_idx]
-        padded = {name: _pad_floats([it[name] for it in items], longest - (name == "edge"))
-                  for name in TENSOR_FIELDS if name in items[0]}
-        if any(f in self.fields and (f not in padded or self.stale) for f in ("node", "edge")):
-            padded["node"], padded["edge"] = self._marginals(padded["emissions"], mask, teacher_idx,
-                                                             edges="edge" in self.fields)
-        out.update({name: padded[name] for name in TENSOR_FIELDS if name in self.fields})
-        if "kbest_paths" in self.fields:
-            out["kbest_paths"] = _pad_ints([it["kbest_paths"] for it in items], longest)
+        if self.tree:
+            out, hard = self.trees(items, teacher_idx)
+        else:
+            out = self._chain_targets(items, mask, teacher_idx)
+            hard = _pad_ints([it["hard"] for it in items], longest)
         for name in ("kbest_logprob", "residual_mass", "log_z"):
             if name in self.fields:
                 out[name] = torch.from_numpy(np.array([it[name] for it in items], dtype=np.float32))
@@ -237,6 +250,22 @@ class StoreStream(IterableDataset):
         features = self.featurize(tokens) if self.featurize is not None else None
         return Batch(tokens, [it["sid"] for it in items], [it["lang"] for it in items], targets, mask,
                      hard, has_gold, features)
+
+    def _chain_targets(self, items: list[dict], mask: Tensor, teacher_idx: Tensor) -> dict[str, Tensor]:
+        """A chain batch's TeacherTargets fields besides the k-best scalars: factors, crf, emissions /
+        node / edge (marginals recomputed when not stored) and k-best paths."""
+        longest = mask.shape[1]
+        out = {name: value[teacher_idx] for name, value in self.factors.items()}
+        out["crf"] = self.is_crf[teacher_idx]
+        padded = {name: _pad_floats([it[name] for it in items], longest - (name == "edge"))
+                  for name in TENSOR_FIELDS if name in items[0]}
+        if any(f in self.fields and (f not in padded or self.stale) for f in ("node", "edge")):
+            padded["node"], padded["edge"] = self._marginals(padded["emissions"], mask, teacher_idx,
+                                                             edges="edge" in self.fields)
+        out.update({name: padded[name] for name in TENSOR_FIELDS if name in self.fields})
+        if "kbest_paths" in self.fields:
+            out["kbest_paths"] = _pad_ints([it["kbest_paths"] for it in items], longest)
+        return out
 
     def _marginals(self, emissions: Tensor, mask: Tensor, teacher_idx: Tensor,
                    edges: bool) -> tuple[Tensor, Tensor | None]:

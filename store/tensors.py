@@ -11,6 +11,15 @@ from pipeline.teaching import stored_structure, teacher_targets
 from store.schema import TeacherMeta
 
 RECOMPUTE_TOKENS = 8192  # padded words per recompute batch
+QUANTUM = {"float16": 2.0 ** -11, "float32": 1e-6}  # rounding of a stored probability
+DP_TOL = 1e-5  # float32 dynamic programs run on different batch shapes
+
+
+def lse(x: np.ndarray) -> float:
+    """logsumexp of a 1-D array in float64 (-inf for an empty or all -inf one)."""
+    x = np.asarray(x, dtype=np.float64)
+    top = x.max() if len(x) else -np.inf
+    return float(top) if top == -np.inf else float(top + np.log(np.exp(x - top).sum()))
 
 
 def offsets_of(lengths: np.ndarray) -> np.ndarray:

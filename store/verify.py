@@ -13,13 +13,13 @@ from pipeline.structs import ROUNDING
 from store.files import BLOCK
 from store.frame import list_column
 from store.reader import Store, open_store
-from store.schema import (MARKER_DIR, TABLE_DIR, TEACHER_DIR, TENSOR_DIR, TOKEN_OFFSETS, StoreError,
+from store.schema import (ARC_OFFSETS, MARKER_DIR, TABLE_DIR, TEACHER_DIR, TENSOR_DIR, TOKEN_OFFSETS,
+                          StoreError,
                           StoreOptions, TeacherMeta, make_sid, marker_path, modified_message, table_path,
                           teacher_entry_problems, teacher_path, tensor_path)
-from store.tensors import edge_offsets, recompute
+from store.tensors import DP_TOL, QUANTUM, edge_offsets, lse, recompute
+from store.verify_trees import tree_references, tree_sentence
 
-QUANTUM = {"float16": 2.0 ** -11, "float32": 1e-6}  # rounding of a stored probability
-DP_TOL = 1e-5  # float32 dynamic programs run on different batch shapes
 
 
 def _sha256(store: Store, rel: str) -> str:
@@ -64,12 +64,6 @@ def _check_files(store: Store, what: str, files: dict, owned: list[str]) -> list
     on_disk = set().union(*(_on_disk(store, own) for own in owned))
     problems += [f"{what}: unlisted file {rel}" for rel in sorted(on_disk - set(files))]
     return problems
-
-
-def _lse(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    top = x.max() if len(x) else -np.inf
-    return float(top) if top == -np.inf else float(top + np.log(np.exp(x - top).sum()))
 
 
 def _path_logprob(teacher: TeacherMeta, em: np.ndarray, paths: np.ndarray, log_z: float) -> np.ndarray:
@@ -122,9 +116,11 @@ def _sentence(sid: str, L: int, cols: dict, row: int, teacher: TeacherMeta, em: 
     if abs(log_z - ref["log_z"]) > ztol:
         fail(f"log Z {log_z:.6f} != {ref['log_z']:.6f} recomputed from the potentials")
     real = np.isfinite(lp)
-    if np.any(np.diff(lp) > ztol) or (real[1:] & ~real[:-1]).any():
+    with np.errstate(invalid="ignore"):  # -inf - -inf between surplus rows
+        unsorted = np.any(np.diff(lp) > ztol)
+    if unsorted or (real[1:] & ~real[:-1]).any():
         fail(f"k-best log-probs are not sorted best first: {lp.tolist()}")
-    if np.any(lp > ztol) or _lse(lp) > ztol:
+    if np.any(lp > ztol) or lse(lp) > ztol:
         fail(f"k-best log-probs exceed 0 or sum above 1: {lp.tolist()}")
     if paths.min(initial=0) < 0 or paths.max(initial=0) >= T or np.any(paths[~real] != 0):
         fail("k-best paths hold labels out of range or non-zero surplus rows")
@@ -136,7 +132,7 @@ def _sentence(sid: str, L: int, cols: dict, row: int, teacher: TeacherMeta, em: 
     if np.abs(own - lp[real]).max(initial=0) > 2 * ztol or not np.isfinite(own).all():
         fail(f"k-best log-probs {lp[real].tolist()} are not those of the stored paths ({own.tolist()})")
     residual = float(cols["residual_mass"].row(row))
-    expected = max(0.0, -np.expm1(_lse(lp)))
+    expected = max(0.0, -np.expm1(lse(lp)))
     if abs(residual - expected) > 2 * ztol + 1e-6:
         fail(f"residual mass {residual:.3e} != 1 - sum p = {expected:.3e}")
     tied = _path_logprob(teacher, em, np.stack([viterbi, ref["viterbi"]]), ref["log_z"])
@@ -156,20 +152,15 @@ def _sentence(sid: str, L: int, cols: dict, row: int, teacher: TeacherMeta, em: 
 def check_rows(shard: str, info: dict, teacher: TeacherMeta, options: StoreOptions, table: pa.Table,
                stored: dict[str, np.ndarray], max_problems: int = 10) -> list[str]:
     """Invariants of every sentence of one shard (``info``: its corpus, split, first_index) from its
-    Parquet rows and stored arrays, recomputed from the stored potentials. ``check_shard`` runs it
-    on a shard as read back; ``StoreWriter.write_shard`` on the rows it is about to commit."""
+    Parquet rows and stored arrays, recomputed from the stored potentials (a tree teacher's:
+    store/verify_trees.py). ``check_shard`` runs it on a shard as read back;
+    ``StoreWriter.write_shard`` on the rows it is about to commit."""
     cols = {name: list_column(table, name) for name in table.column_names}
     offsets = stored[TOKEN_OFFSETS]
-    edges = edge_offsets(offsets)
-    em = stored["emissions"].astype(np.float32)
-    try:
-        ref = recompute(teacher, em, offsets, k=teacher.k)
-    except ValueError as err:  # the teacher computation refuses these potentials (e.g. a k-best sum > 1)
+    try:  # the teacher computation may refuse these potentials (e.g. a k-best sum > 1)
+        sentence = (_tree_checker if teacher.is_tree else _chain_checker)(teacher, stored, cols, options)
+    except ValueError as err:
         return [f"shard {shard}: the teacher outputs cannot be recomputed from its stored potentials: {err}"]
-    full = "node" in stored
-    node = stored["node"].astype(np.float32) if full else ref["node"]
-    edge = stored["edge"].astype(np.float32) if full else ref["edge"]
-    mtol = QUANTUM[options.dtype] + options.prune + DP_TOL if full else DP_TOL
     problems = []
     for row in range(table.num_rows):
         sid = str(cols["sid"].row(row))
@@ -179,14 +170,50 @@ def check_rows(shard: str, info: dict, teacher: TeacherMeta, options: StoreOptio
             problems.append(f"shard {shard}: row {row} is {sid!r} of length {L}, expected sentence "
                             f"{info['first_index'] + row} of {info['corpus']}/{info['split']}")
             continue
-        a, b, e0, e1 = offsets[row], offsets[row + 1], edges[row], edges[row + 1]
-        sent_ref = {"node": ref["node"][a:b], "edge": ref["edge"][e0:e1], "log_z": float(ref["log_z"][row]),
-                    "viterbi": ref["viterbi"][a:b], "kbest_logprob": ref["kbest_logprob"][row]}
-        problems += [f"shard {shard}, {p}" for p in
-                     _sentence(sid, L, cols, row, teacher, em[a:b], node[a:b], edge[e0:e1], sent_ref, mtol)]
+        problems += [f"shard {shard}, {p}" for p in sentence(sid, L, row)]
         if len(problems) >= max_problems:
             return problems + [f"shard {shard}: stopped after {max_problems} problems"]
     return problems
+
+
+def _stored_tolerance(options: StoreOptions) -> float:
+    """How far a stored probability may be from the recomputed one (full) or a recomputed one from
+    another batch shape (potentials)."""
+    return QUANTUM[options.dtype] + options.prune + DP_TOL if options.tensors == "full" else DP_TOL
+
+
+def _chain_checker(teacher: TeacherMeta, stored: dict, cols: dict, options: StoreOptions):
+    """``sentence(sid, L, row) -> problems`` of a chain shard."""
+    full, mtol = options.tensors == "full", _stored_tolerance(options)
+    offsets = stored[TOKEN_OFFSETS]
+    edges = edge_offsets(offsets)
+    em = stored["emissions"].astype(np.float32)
+    ref = recompute(teacher, em, offsets, k=teacher.k)
+    node = stored["node"].astype(np.float32) if full else ref["node"]
+    edge = stored["edge"].astype(np.float32) if full else ref["edge"]
+
+    def sentence(sid: str, L: int, row: int) -> list[str]:
+        a, b, e0, e1 = offsets[row], offsets[row + 1], edges[row], edges[row + 1]
+        sent_ref = {"node": ref["node"][a:b], "edge": ref["edge"][e0:e1], "log_z": float(ref["log_z"][row]),
+                    "viterbi": ref["viterbi"][a:b], "kbest_logprob": ref["kbest_logprob"][row]}
+        return _sentence(sid, L, cols, row, teacher, em[a:b], node[a:b], edge[e0:e1], sent_ref, mtol)
+
+    return sentence
+
+
+def _tree_checker(teacher: TeacherMeta, stored: dict, cols: dict, options: StoreOptions):
+    """``sentence(sid, L, row) -> problems`` of a tree shard (store/verify_trees.py); relation
+    marginals are stored in every mode: rounded to the dtype."""
+    full, mtol, rtol = options.tensors == "full", _stored_tolerance(options), QUANTUM[options.dtype] + DP_TOL
+    ref = tree_references(teacher, stored, cols)
+    arcs = stored[ARC_OFFSETS]
+    flat = stored["arc"].astype(np.float32) if full else ref["arc"]
+
+    def sentence(sid: str, L: int, row: int) -> list[str]:
+        arc = flat[arcs[row]:arcs[row + 1]].reshape(L, L + 1)
+        return tree_sentence(sid, L, cols, row, teacher, stored, arc, ref, mtol, rtol, full)
+
+    return sentence
 
 
 def check_shard(store: Store, shard: str, max_problems: int = 10) -> list[str]:

@@ -27,10 +27,10 @@ from store.files import (StoreLock, atomic_json, check_folder, entries_under, fi
                          write_arrays)
 from store.frame import shard_arrays, shard_table
 from store.schema import (DIGEST, FORMAT, MANIFEST, MARKER_DIR, OWN_MARKER_TEMP, OWN_TEMP, SCHEMA_VERSION,
-                          SPLITS, TABLE_DIR, TEACHER_ARRAYS, TEACHER_DIR, TENSOR_DIR, TMP_DIR, TOKEN_OFFSETS,
+                          SPLITS, TABLE_DIR, TEACHER_DIR, TENSOR_DIR, TMP_DIR, TOKEN_OFFSETS,
                           VERIFIED, StoreError, StoreOptions, StoreWarning, TeacherMeta, is_shard_id,
                           manifest_digest, manifest_state, marker_path, shard_id, table_path,
-                          teacher_entry_problems, teacher_path, tensor_path)
+                          teacher_arrays, teacher_entry_problems, teacher_path, tensor_path)
 from store.verify import check_rows
 
 ROW_GROUP = 1024  # sentences per Parquet row group (streaming reads one group at a time)
@@ -208,7 +208,7 @@ class StoreWriter:
         with self._io(f"cannot write teacher {meta.id}"):
             tmp = self.root / TMP_DIR / f"{meta.id}.zarr"
             remove_scratch(tmp)
-            write_arrays(tmp, {name: meta.arrays[name] for name in TEACHER_ARRAYS},
+            write_arrays(tmp, {name: meta.arrays[name] for name in teacher_arrays(meta.decoder)},
                           {"teacher": meta.id, **meta.to_json()})
             fsync_tree(tmp)
             entry = meta.to_json()
@@ -285,7 +285,7 @@ class StoreWriter:
         if foreign:
             raise StoreError(f"{self.root}: shard {spec.id}: {foreign[0]} is not named by this store's "
                              "records; annotate does not delete it: move it out of the store")
-        arrays = shard_arrays(rows, self.options)
+        arrays = shard_arrays(rows, self.options, teacher.decoder)
         offsets = arrays[TOKEN_OFFSETS]
         table = shard_table(rows)
         problems = check_rows(spec.id, spec.__dict__, teacher, self.options, table, arrays, max_problems=3)

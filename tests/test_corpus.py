@@ -12,7 +12,8 @@ import pytest
 from pipeline.config import CorpusConfig, PrepareConfig, from_dict
 from pipeline.corpus import check_corpora, corpus_splits, effective_scheme, read_corpus
 from pipeline.errors import ConfigError, DataError
-from pipeline.readers import (CorpusError, CorpusWarning, Sentence, read_conll, read_conllu, read_raw,
+from pipeline.conllu_reader import read_conllu
+from pipeline.readers import (CorpusError, CorpusWarning, Sentence, read_conll, read_raw,
                               read_tsv)
 
 CONLL03 = """-DOCSTART- -X- -X- O

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from pipeline.config import CorpusConfig
 from pipeline.corpus import read_corpus
-from pipeline.readers import CorpusError, CorpusWarning, read_conll, read_conllu, read_raw, read_tsv
+from pipeline.conllu_reader import read_conllu
+from pipeline.readers import CorpusError, CorpusWarning, read_conll, read_raw, read_tsv
 from pipeline.rawtext import sentences as raw_sentences
 from pipeline.schemes import detect_scheme, encode, is_valid, normalize_scheme, parse_label, spans
 

@@ -55,7 +55,7 @@ def factorized_entry(seed, tau=1.0, teacher=False, leaves=None):
 
 def labeled_entry(seed, *, heads=False, projective=False, tau=1.0, teacher=False, leaves=None):
     """LabeledArcs over a DependencyCRF (or HeadSelection): arc scores with NaN / inf / 1e4 garbage
-    outside each sentence, relation logits with finite garbage (1e4)."""
+    outside each sentence, and so relation logits."""
     gen = torch.Generator().manual_seed(seed)
     size, lengths = max(LENGTHS) + 2, torch.tensor(LENGTHS)
     inside = torch.zeros(len(LENGTHS), size, size, dtype=torch.bool)
@@ -67,7 +67,7 @@ def labeled_entry(seed, *, heads=False, projective=False, tau=1.0, teacher=False
     rel = torch.randn(*inside.shape, NUM_LABELS, generator=gen) * 1.5
     if teacher:
         rel = rel[:, :1].expand_as(rel)  # P_t(l | h -> d) = P_t(l | d)
-    rel = torch.where(inside[..., None], rel, torch.full_like(rel, 1e4))
+    rel = torch.where(inside[..., None], rel, garbage[torch.randint(0, 4, rel.shape, generator=gen)])
     leaves = leaves or {"scores": arc, "label_scores": rel}
     arc, rel = leaves["scores"], leaves["label_scores"]
     arcs = HeadSelection(arc, lengths) if heads else DependencyCRF(arc, lengths, projective=projective)

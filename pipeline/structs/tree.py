@@ -270,9 +270,11 @@ class ArcLabels:
 
     @cached_property
     def log_probs(self) -> Tensor:
-        """[B, L+1, L+1, R] log P(l | h -> d); -inf for impossible arcs."""
-        x = torch.log_softmax(self.scores.float() / self.tau, -1)
-        return x.masked_fill(~self.allowed.unsqueeze(-1), NEG_INF)
+        """[B, L+1, L+1, R] log P(l | h -> d); -inf for impossible arcs. The scores of impossible
+        arcs are zeroed before the softmax, so inf / NaN padding never reaches a gradient."""
+        allowed = self.allowed.unsqueeze(-1)
+        x = torch.log_softmax(self.scores.float().masked_fill(~allowed, 0.0) / self.tau, -1)
+        return x.masked_fill(~allowed, NEG_INF)
 
     def joint(self, head_marginals: Tensor) -> Tensor:
         m = head_marginals.float().masked_fill(~self.allowed, 0.0)
