@@ -59,6 +59,8 @@ class DistillData:
     vocab: Callable[[], list[list[str]]]
     info: dict
     online: Callable[[tuple[str, ...]], Callable] | None = None
+    trees: bool = False  # the teachers are dependency parsers: rows also hold gold_heads, upos
+    head_encoding: str | None = None  # trees, tagger student: its labels encode heads
 
 
 def build_kd_objective(kd: KDConfig) -> torch.nn.Module:
@@ -90,12 +92,38 @@ def lambda_at(kd: KDConfig, epoch: int, epochs: int) -> float:
     return lambda_for(kd.schedule, epoch, epochs, **opts)
 
 
-def evaluate(student: Tagger, rows: list[dict], scheme: str) -> dict:
-    """``{"all": metrics, lang: metrics}`` (seqeval P/R/F1, or accuracy for POS)."""
+def evaluate(student: Tagger, rows: list[dict], scheme: str, data: DistillData | None = None) -> dict:
+    """``{"all": metrics, lang: metrics}`` (seqeval P/R/F1, or accuracy for POS; UAS / LAS for the
+    student of dependency teachers, ``pipeline.tree_eval``)."""
+    if data is not None and data.trees:
+        from pipeline.tree_eval import evaluate_trees
+
+        return evaluate_trees(student, rows, data.head_encoding, batch_size=EVAL_BATCH)
     pred = predict(student, [r["tokens"] for r in rows], batch_size=EVAL_BATCH)
     result = evaluate_groups([r["gold"] for r in rows], pred, [r["lang"] for r in rows], scheme)
     return {group: {key: value for key, value in metrics.items() if key != "per_type"}
             for group, metrics in result.items()}
+
+
+def build_student(cfg: DistillConfig, data: DistillData, vocab: list[list[str]] | None):
+    """(student, its structure kind): a tagger, or for dependency teachers with a ``heads`` /
+    ``tree`` decoder a biaffine parser over the teachers' relations (tree -> tree)."""
+    from pipeline.parser import KINDS as PARSER_KINDS
+
+    decoder = cfg.model.decoder.kind
+    if decoder in PARSER_KINDS:
+        if not data.trees or data.head_encoding is not None:
+            raise ValueError(f"a biaffine student (decoder {decoder}) learns from dependency teachers "
+                             f"without head_encoding; this store's teachers are "
+                             f"{'dependency parsers with head_encoding set' if data.trees else 'sequence labelers'}")
+        from pipeline.parser import build_parser
+
+        student = build_parser(cfg.model, data.labels, vocab)
+        return student, "labeled_tree" if decoder == "tree" else "labeled_heads"
+    if data.trees and data.head_encoding is None:
+        raise ValueError(f"a {decoder} tagger learns from dependency teachers through distill.head_encoding "
+                         "(rel_pos | rel_offset); or give the student a heads / tree decoder")
+    return build_tagger(cfg.model, data.labels, data.scheme, vocab), DECODERS[decoder].structure_kind
 
 
 class Trainable(torch.nn.Module):
@@ -108,7 +136,8 @@ class Trainable(torch.nn.Module):
 
     def forward(self, features, tokens, targets, hard, lam: float):
         structure = self.student(features) if features is not None else self.student.structure(tokens)
-        if structure.mask.shape != hard.shape:
+        expected = hard.shape if hard.dim() == 2 else (hard.shape[0], hard.shape[-1] - 1)  # trees: [B, 2, L+1]
+        if structure.mask.shape != expected:
             raise RuntimeError(f"student mask {tuple(structure.mask.shape)} != batch mask {tuple(hard.shape)}")
         kd = self.objective(structure, targets, hard) if lam > 0 else None
         gold = nll(structure, hard) if lam < 1 else None
@@ -134,8 +163,8 @@ class Distiller:
         self.labels, self.scheme = data.labels, data.scheme
         self.objective = build_kd_objective(cfg.kd).to(self.device)
         vocab = data.vocab() if cfg.model.encoder.kind == "bilstm" else None
-        self.student = build_tagger(cfg.model, self.labels, self.scheme, vocab).to(self.device)
-        kind = DECODERS[cfg.model.decoder.kind].structure_kind
+        self.student, kind = build_student(cfg, data, vocab)
+        self.student = self.student.to(self.device)
         if kind not in self.objective.structures:
             raise ValueError(f"KD objective '{cfg.kd.method}' is defined for {list(self.objective.structures)} "
                              f"students, not a {cfg.model.decoder.kind} ({kind}) student")
@@ -206,7 +235,7 @@ class Distiller:
             return None
         result = None
         if self.world.is_main:
-            dev = evaluate(self.student, self.data.dev, self.scheme)
+            dev = evaluate(self.student, self.data.dev, self.scheme, self.data)
             result = (main_score(dev["all"]), dev)
         return broadcast(self.world, result)
 
@@ -223,7 +252,7 @@ class Distiller:
         if self.world.is_main:
             out = Path(self.cfg.out)
             out.mkdir(parents=True, exist_ok=True)
-            test = evaluate(self.student, self.data.test, self.scheme) if self.data.test else None
+            test = evaluate(self.student, self.data.test, self.scheme, self.data) if self.data.test else None
             metrics = self._metrics(best, test)
             self.student.save(out / "model")
             for path in (out / "metrics.json", out / "model" / "metrics.json"):

@@ -71,7 +71,10 @@ def evaluate_tags(gold: list[list[str]], pred: list[list[str]], scheme: str,
 
 
 def main_score(result: dict) -> float:
-    """The headline number of an ``evaluate_tags`` result: entity F1, or accuracy for POS."""
+    """The headline number of an ``evaluate_tags`` result: entity F1, or accuracy for POS; LAS
+    of an attachment-score result (``pipeline.tree_eval``)."""
+    if "las" in result:
+        return result["las"]
     return result["f1"] if "f1" in result else result["accuracy"]
 
 

@@ -1,4 +1,5 @@
-"""`structkd train-teacher`: fine-tune one teacher (encoder + CRF/MaxEnt decoder) on its corpus."""
+"""`structkd train-teacher`: fine-tune one teacher on its corpus: a tagger (encoder + CRF/MaxEnt
+decoder), or a biaffine dependency parser when ``model.decoder.kind`` is ``heads`` or ``tree``."""
 from __future__ import annotations
 
 import time
@@ -25,6 +26,7 @@ def main(
 ) -> None:
     """Fine-tune a teacher and save it as a self-contained model folder."""
     from pipeline.corpus import read_corpus  # torch, transformers: imported only when the stage runs
+    from pipeline.parser import KINDS as PARSER_KINDS
     from pipeline.trainer import train_tagger
     from store.files import atomic_json
 
@@ -41,9 +43,17 @@ def main(
     dev = read_corpus(cfg.corpus, "dev")
     console.print(f"[bold]train-teacher[/] {cfg.name}: {len(train)} train / {len(dev)} dev sentences")
     started = time.perf_counter()
-    tagger, history = train_tagger(cfg, train, dev)
+    if cfg.model.decoder.kind in PARSER_KINDS:
+        from pipeline.parse_train import train_parser
+
+        try:
+            model, history = train_parser(cfg, train, dev)
+        except ValueError as err:  # gold trees the decoder cannot represent
+            raise DataError(f"teachers.{teacher}: {err}") from None
+    else:
+        model, history = train_tagger(cfg, train, dev)
     seconds = time.perf_counter() - started
-    tagger.save(cfg.out)
+    model.save(cfg.out)
     summary = {
         "teacher": cfg.name,
         "train_sentences": len(train),
