@@ -61,5 +61,6 @@ def main(
         console.print(f"[red]distill refused the store:[/] {err}")
         raise typer.Exit(1) from None
     test = (metrics["test"] or {}).get("all", {})
+    score = " ".join(f"{key} {test[key]:.4f}" for key in ("f1", "accuracy", "uas", "las") if key in test)
     console.print(f"{cfg.name} ({cfg.kd.method}): best dev epoch {metrics['best_epoch']}, test "
-                  f"{test.get('f1', test.get('accuracy', float('nan'))):.4f}; wrote {cfg.out}")
+                  f"{score or 'not scored'}; wrote {cfg.out}")
