@@ -21,6 +21,7 @@ the teacher's distribution is outside the student's output space.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -168,3 +169,16 @@ def label_targets(arc: np.ndarray, rel: np.ndarray, upos: Sequence[str] | None,
     flat = (np.arange(n)[:, None, None] * len(labels) + ids)[keep]
     out = np.bincount(flat, weights=mass[keep], minlength=n * len(labels))
     return out.reshape(n, len(labels)).astype(np.float32)
+
+
+def infer_kind(labels: Sequence[str]) -> str | None:
+    """The encoding a tagger's label set was written in (``rel_pos`` labels name a tag after the
+    rank, ``rel_offset`` ones do not), or None when its labels are not head encodings."""
+    parts = [label.rpartition("@")[0] for label in labels]
+    if not parts or not all(parts):
+        return None
+    if all(re.fullmatch(r"[+-]\d+/\S+", p) for p in parts):
+        return "rel_pos"
+    if all(p == "root" or re.fullmatch(r"[+-]\d+", p) for p in parts):
+        return "rel_offset"
+    return None

@@ -26,6 +26,7 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     from pipeline.corpus import check_corpora, corpus_splits, read_corpus  # torch: only when run
     from pipeline.hf_teacher import load_any_teacher
     from pipeline.metrics import evaluate_tags
+    from pipeline.parse_train import parse_sentences
     from pipeline.trainer import predict, resolve_device
 
     device = resolve_device(cfg.device)
@@ -48,22 +49,51 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
             for split in cfg.splits if split in corpus_splits(corpus)]
     for name, folder in models.items():
         tagger = load_any_teacher(folder, device)
-        predict(tagger, data[0][2][:cfg.batch_size], batch_size=cfg.batch_size)  # warm-up
+        tree_kind = model_tree_kind(tagger)
+        run = parse_sentences if tree_kind == "parser" else predict
+        run(tagger, data[0][2][:cfg.batch_size], batch_size=cfg.batch_size)  # warm-up
         scores: dict[str, dict] = {}
         for corpus, split, sentences in data:
             started = time.perf_counter()
-            pred = predict(tagger, sentences, batch_size=cfg.batch_size)
+            pred = run(tagger, sentences, batch_size=cfg.batch_size)
             seconds = time.perf_counter() - started
-            gold = [s.labels for s in sentences]
-            scheme = "none" if corpus.scheme == "none" else tagger.scheme
+            if tree_kind is not None:
+                result = tree_scores(tagger, tree_kind, sentences, pred, f"{section}.corpora: {corpus.name}")
+            else:
+                scheme = "none" if corpus.scheme == "none" else tagger.scheme
+                result = evaluate_tags([s.labels for s in sentences], pred, scheme)
             scores[f"{corpus.name}/{split}"] = {
-                "lang": corpus.lang, **evaluate_tags(gold, pred, scheme), "seconds": seconds,
+                "lang": corpus.lang, **result, "seconds": seconds,
                 "sentences_per_s": len(sentences) / max(seconds, 1e-9)}
         results[name] = scores
         console.print(f"evaluated {name}: " + ", ".join(
-            f"{k} {v.get('f1', v.get('accuracy', 0)):.4f} ({v['sentences_per_s']:.0f} sent/s)"
+            f"{k} {v.get('f1', v.get('accuracy', v.get('las', 0))):.4f} ({v['sentences_per_s']:.0f} sent/s)"
             for k, v in scores.items()))
     return results
+
+
+def model_tree_kind(model) -> str | None:
+    """``parser`` (a biaffine parser), a head encoding (a tagger whose labels encode heads) or None."""
+    from pipeline.head_encoding import infer_kind
+
+    if hasattr(model, "parse"):
+        return "parser"
+    return infer_kind(getattr(model, "labels", []))
+
+
+def tree_scores(model, kind: str, sentences: list, pred, where: str) -> dict:
+    """UAS / LAS of a parser's (heads, relations) or of a head-encoded tagger's decoded labels."""
+    from pipeline.attachment import attachment_scores
+    from pipeline.head_encoding import decode
+
+    if any(s.heads is None for s in sentences):
+        raise ConfigError(f"{where}: a dependency model is scored on trees; this corpus has none "
+                          "(format: conllu with HEAD / DEPREL)")
+    if kind == "parser":
+        heads, rels = pred
+    else:
+        heads, rels = zip(*(decode(labels, s.upos, kind) for labels, s in zip(pred, sentences)))
+    return attachment_scores([s.heads for s in sentences], [s.rels for s in sentences], heads, rels)
 
 
 def main(

@@ -49,3 +49,30 @@ def test_a_tagger_of_a_tree_store_needs_a_head_encoding(tree_store, tmp_path):
     cfg = distill_cfg(tree_store, tmp_path / "run", "posterior", "maxent")
     with pytest.raises(ValueError, match="head_encoding"):
         Distiller(cfg, store_data(cfg))
+
+
+def test_evaluate_scores_tree_students_on_a_conllu_corpus(tree_store, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    models = {}
+    for name, (method, decoder, encoding) in {"parser": ("none", "tree", None),
+                                              "tagger": ("none", "maxent", "rel_offset")}.items():
+        cfg = distill_cfg(tree_store, tmp_path / name, method, decoder, encoding)
+        Distiller(cfg, store_data(cfg)).run(progress=False)
+        models[name] = str(tmp_path / name / "model")
+    lines = ["1\tthe\t_\tDET\t_\t_\t2\tdet\t_\t_", "2\tcat\t_\tNOUN\t_\t_\t3\tnsubj\t_\t_",
+             "3\tsat\t_\tVERB\t_\t_\t0\troot\t_\t_", ""]
+    (tmp_path / "dev.conllu").write_text("\n".join(lines), encoding="utf-8")
+    params = {"evaluate": {"models": models, "splits": ["dev"], "out": str(tmp_path / "eval.json"),
+                           "corpora": [{"name": "c", "format": "conllu", "label_col": 3, "scheme": "none",
+                                        "files": {"dev": str(tmp_path / "dev.conllu")}}]}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")
+    result = CliRunner().invoke(app, ["evaluate", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    for name in models:
+        assert scores[name]["c/dev"]["words"] == 3 and 0 <= scores[name]["c/dev"]["las"] <= 1
