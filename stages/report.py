@@ -15,7 +15,9 @@ from stages.common import console, params_file, top_level_methods
 
 
 def _score(metrics: dict) -> float:
-    """The headline figure of one evaluation: entity F1, or token accuracy for POS."""
+    """The headline figure of one evaluation: entity F1, token accuracy for POS, LAS for trees."""
+    if "las" in metrics:
+        return float(metrics["las"])
     return float(metrics["f1"] if "f1" in metrics else metrics["accuracy"])
 
 
@@ -81,7 +83,7 @@ def _fmt(value, spec: str, unit: str = "") -> str:
 def render(rows: list[dict], cfg: ReportConfig) -> str:
     lines = ["# structkd report", "",
              f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
-             "(seqeval) or token accuracy; gap closed = (method - baseline) / (teacher - baseline); "
+             "(seqeval), token accuracy or LAS; gap closed = (method - baseline) / (teacher - baseline); "
              "speed-up = the method's sentences/s over the teacher's, labeling the same split in "
              "the same `structkd evaluate` run (wall clock, same batch size; - when not measured); "
              "epoch s = median training seconds per epoch (dev evaluation excluded); vs none = "
@@ -119,7 +121,7 @@ def chart(rows: list[dict], cfg: ReportConfig) -> None:
         low = min(r["score"] for r in sub)
         ax.set_xlim(max(0.0, low - 0.05), 1.0)
         ax.set_title(key)
-        ax.set_xlabel("F1 / accuracy")
+        ax.set_xlabel("F1 / accuracy / LAS")
     fig.tight_layout()
     fig.savefig(cfg.chart, dpi=110)
     plt.close(fig)
