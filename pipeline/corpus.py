@@ -13,7 +13,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import CorpusConfig, check_corpus_names
+from pipeline.config import CorpusConfig
+from pipeline.config_rules import check_corpus_names
 from pipeline.errors import ConfigError, DataError
 from pipeline.conllu_reader import read_conllu_located
 from pipeline.readers import CorpusError, CorpusWarning, Located, Sentence, read_columns_located, read_raw_located

@@ -29,13 +29,14 @@ from torch.utils.data import DataLoader
 from pipeline.config import DistillConfig, KDConfig, to_dict
 from pipeline.decoders import DECODERS
 from pipeline.dist import World, broadcast, device_for, finish, init, world_from_env
+from pipeline.gold_loop import param_groups, warmup_linear
 from pipeline.kd import build_objective, check_schedule, combine, lambda_for, nll
 from pipeline.kd.registry import objective_options
 from pipeline.loop import Loop, Step
 from pipeline.metrics import evaluate_groups, main_score
 from pipeline.precision import autocast, grad_scaler
 from pipeline.tagger import Tagger, build_tagger
-from pipeline.trainer import param_groups, predict, seed_everything, warmup_linear
+from pipeline.trainer import predict, seed_everything
 
 EVAL_BATCH = 64
 

@@ -7,7 +7,7 @@ The loss of a batch, normalized per word (summed over its words, divided by thei
                         Q at the gold heads (second order: Wang & Tu 2020's end-to-end training)
     -log P(gold relation | gold head -> word)   the relation classifier at the gold arcs
 
-Optimizer, schedule, batching and early stopping are the tagger's (pipeline.trainer): AdamW with
+Optimizer, schedule, batching and early stopping are the tagger's (pipeline.gold_loop): AdamW with
 warm-up then linear decay, layer-wise lr decay, ``head_lr`` for everything but the transformer,
 length-bucketed batches, dev LAS each epoch with patience, the best dev LAS weights kept.
 
@@ -19,19 +19,16 @@ projectivize the corpus first).
 """
 from __future__ import annotations
 
-import math
-import random
-
 import torch
-from rich.console import Console
 from torch import Tensor
 
 from pipeline.attachment import attachment_scores
 from pipeline.config import DecoderConfig, TeacherConfig
-from pipeline.loop import Loop, Step
+from pipeline.gold_loop import batched_inference, epoch_history, gold_training
+from pipeline.loop import Step
 from pipeline.parser import Parser, build_parser
 from pipeline.structs import mst
-from pipeline.trainer import length_batches, param_groups, resolve_device, seed_everything, warmup_linear
+from pipeline.trainer import resolve_device, seed_everything
 
 
 def relation_labels(train: list) -> list[str]:
@@ -87,20 +84,13 @@ def parse_sentences(parser: Parser, sentences: list, batch_size: int = 32) -> tu
     in eval mode under ``torch.inference_mode``; empty sentences give empty lists. The module's
     train/eval mode is restored afterwards."""
     tokens = [getattr(s, "tokens", s) for s in sentences]
-    order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
     heads: list[list[int]] = [[] for _ in tokens]
     rels: list[list[str]] = [[] for _ in tokens]
-    was_training = parser.training
-    parser.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = [i for i in order[start:start + batch_size] if tokens[i]]
-                if idx:
-                    for i, h, r in zip(idx, *parser.parse([tokens[i] for i in idx])):
-                        heads[i], rels[i] = h, r
-    finally:
-        parser.train(was_training)
+
+    def run(idx: list[int], batch: list[list[str]]) -> None:
+        for i, h, r in zip(idx, *parser.parse(batch)):
+            heads[i], rels[i] = h, r
+    batched_inference(parser, tokens, batch_size, run)
     return heads, rels
 
 
@@ -129,16 +119,6 @@ def train_parser(cfg: TeacherConfig, train: list, dev: list, progress: bool = Tr
     check_gold(dev, DecoderConfig(kind="heads"))  # dev is only scored: any head vector will do
     labels = relation_labels(train)
     parser = build_parser(cfg.model, labels, vocab_sentences=[s.tokens for s in train]).to(device)
-    total = optim.epochs * math.ceil(len(train) / optim.batch_size)
-    if optim.max_steps:
-        total = min(total, optim.max_steps)
-    rng = random.Random(optim.seed)
-    lengths = [len(s.tokens) for s in train]
-
-    def batches(epoch: int):
-        for batch in length_batches(lengths, optim.batch_size, rng):
-            yield [train[i] for i in batch]
-
     def step(sents: list, epoch: int, laps) -> Step:
         sizes = [len(s.tokens) for s in sents]
         words = sum(sizes)
@@ -152,21 +132,10 @@ def train_parser(cfg: TeacherConfig, train: list, dev: list, progress: bool = Tr
         result = evaluate_parser(parser, dev, optim.batch_size)
         return result["las"], result
 
-    def report(record: dict) -> None:
-        if progress and record["dev"] is not None:
-            Console(stderr=True).print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
-                                       f"dev UAS {record['dev']['uas']:.4f} LAS {record['dev']['las']:.4f}")
-
-    loop = Loop(parser, torch.optim.AdamW(param_groups(parser, optim)), optim, batches, step,
-                lambda steps, seen: warmup_linear(total, optim.warmup)(steps), evaluate, total * optim.batch_size,
-                description=cfg.name, on_epoch=report)
-    best = loop.run(progress)
+    loop, best = gold_training(parser, optim, cfg.name, train, step, evaluate,
+                               lambda r: f"dev UAS {r['dev']['uas']:.4f} LAS {r['dev']['las']:.4f}", progress)
     history: dict = {"labels": labels, "decoder": cfg.model.decoder.kind, "steps": loop.steps,
                      "best_epoch": best["epoch"] if dev else None,
                      "best_dev_score": best["score"] if dev else None,
-                     "epochs": [{"epoch": r["epoch"], "steps": r["steps"], "train_loss": r.get("loss", 0.0),
-                                 "arc_loss": r.get("arc_loss", 0.0), "rel_loss": r.get("rel_loss", 0.0),
-                                 "sentences_per_s": r["sentences"] / max(r["wall_s"], 1e-9),
-                                 "seconds": r["wall_s"], **({"dev": r["dev"]} if dev else {})}
-                                for r in loop.records]}
+                     "epochs": epoch_history(loop, bool(dev), ("arc_loss", "rel_loss"))}
     return parser, history

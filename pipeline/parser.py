@@ -32,9 +32,6 @@ vocab.json. No pickle.
 """
 from __future__ import annotations
 
-import copy
-import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,10 +39,9 @@ from safetensors.torch import load_model
 from torch import Tensor, nn
 
 from pipeline.biaffine import MLP, Biaffine, SiblingScorer
-from pipeline.config import ModelConfig, from_dict, to_dict
-from pipeline.encoders import BiLSTMEncoder, TransformerWordEncoder, Vocab
+from pipeline.config import ModelConfig, to_dict
 from pipeline.structs import ArcLabels, DependencyCRF, HeadSelection, LabeledArcs, mean_field_heads
-from pipeline.tagger import ENCODER_DIR, FORMAT, Tagger
+from pipeline.tagger import FORMAT, Tagger, fresh_encoder, read_folder
 
 ARCHITECTURE = "biaffine"
 KINDS = ("heads", "tree")
@@ -164,20 +160,12 @@ class Parser(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Parser:
         """Rebuild a saved parser (offline: only the folder is read) on ``device``, in eval mode."""
-        folder = Path(folder)
-        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{folder}: unsupported model folder format {meta.get('format')!r}")
+        meta, cfg, encoder = read_folder(folder)
         if meta.get("architecture") != ARCHITECTURE:
             raise ValueError(f"{folder}: not a biaffine parser folder (architecture "
                              f"{meta.get('architecture', 'tagger')!r}); load a tagger with Tagger.load")
-        cfg = from_dict(ModelConfig, meta["model"])
-        if cfg.encoder.kind == "transformer":
-            encoder = TransformerWordEncoder(replace(cfg.encoder, name=str(folder / ENCODER_DIR)), pretrained=False)
-        else:
-            encoder = BiLSTMEncoder(cfg.encoder, Vocab.load(folder / "vocab.json"), pretrained=False)
         parser = cls(cfg, meta["labels"], encoder)
-        load_model(parser, str(folder / "model.safetensors"), strict=True)
+        load_model(parser, str(Path(folder) / "model.safetensors"), strict=True)
         return parser.to(device).eval()
 
 
@@ -185,14 +173,5 @@ def build_parser(model_cfg: ModelConfig, labels: list[str],
                  vocab_sentences: list[list[str]] | None = None) -> Parser:
     """A fresh parser over the relation ``labels``: pretrained transformer weights, or a BiLSTM
     whose vocabulary is built from ``vocab_sentences`` (token lists; required for BiLSTM encoders)."""
-    cfg = copy.deepcopy(model_cfg)
-    if cfg.encoder.kind == "transformer":
-        encoder = TransformerWordEncoder(cfg.encoder)
-    elif cfg.encoder.kind == "bilstm":
-        if vocab_sentences is None:
-            raise ValueError("a BiLSTM encoder needs vocab_sentences to build its vocabulary")
-        encoder = BiLSTMEncoder(cfg.encoder, Vocab.build(vocab_sentences, cfg.encoder.min_word_count))
-        cfg.encoder.word_dim = encoder.word_dim
-    else:
-        raise ValueError(f"encoder kind must be transformer or bilstm, got {cfg.encoder.kind!r}")
+    cfg, encoder = fresh_encoder(model_cfg, vocab_sentences)
     return Parser(cfg, labels, encoder)

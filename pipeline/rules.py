@@ -15,6 +15,11 @@ from pipeline.errors import ConfigError
 _FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
+def dotted(key: str, name: Any) -> str:
+    """The dotted key of field ``name`` under ``key`` (``key`` empty: the name alone)."""
+    return f"{key}.{name}" if key else str(name)
+
+
 def show(value: Any) -> str:
     """A value as the user wrote it in YAML, cut short."""
     text = "null" if value is None else repr(value)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pipeline.config import ModelConfig, from_dict, to_dict
 from pipeline.decoders import build_decoder
-from pipeline.encoders import BiLSTMEncoder, TransformerWordEncoder, Vocab
+from pipeline.encoders import BiLSTMEncoder, TransformerWordEncoder, Vocab, WordEncoder
 from pipeline.potentials import Constraints
 from pipeline.schemes import allowed_transitions
 from pipeline.structs import Structure
@@ -133,20 +133,42 @@ class Tagger(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Tagger:
         """Rebuild a saved tagger (offline: only the folder is read) on ``device``, in eval mode."""
-        folder = Path(folder)
-        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{folder}: unsupported model folder format {meta.get('format')!r}")
-        cfg = from_dict(ModelConfig, meta["model"])
-        if cfg.encoder.kind == "transformer":
-            local = replace(cfg.encoder, name=str(folder / ENCODER_DIR))
-            encoder = TransformerWordEncoder(local, pretrained=False)
-        else:
-            encoder = BiLSTMEncoder(cfg.encoder, Vocab.load(folder / "vocab.json"), pretrained=False)
+        meta, cfg, encoder = read_folder(folder)
         tagger = cls(cfg, meta["labels"], meta["scheme"], encoder, _constraints(cfg, meta["labels"],
                                                                                  meta["scheme"]))
-        load_model(tagger, str(folder / "model.safetensors"), strict=True)
+        load_model(tagger, str(Path(folder) / "model.safetensors"), strict=True)
         return tagger.to(device).eval()
+
+
+def read_folder(folder: str | Path) -> tuple[dict, ModelConfig, WordEncoder]:
+    """(config.json, model config, the encoder rebuilt without pretrained weights) of a model folder
+    (a tagger's or a parser's: same format); ValueError for a format this version cannot read."""
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder}: unsupported model folder format {meta.get('format')!r}")
+    cfg = from_dict(ModelConfig, meta["model"])
+    if cfg.encoder.kind == "transformer":
+        encoder = TransformerWordEncoder(replace(cfg.encoder, name=str(folder / ENCODER_DIR)), pretrained=False)
+    else:
+        encoder = BiLSTMEncoder(cfg.encoder, Vocab.load(folder / "vocab.json"), pretrained=False)
+    return meta, cfg, encoder
+
+
+def fresh_encoder(model_cfg: ModelConfig, vocab_sentences: list[list[str]] | None) -> tuple[ModelConfig, WordEncoder]:
+    """A copy of ``model_cfg`` (its BiLSTM word_dim filled in) and a fresh encoder: pretrained
+    transformer weights, or a BiLSTM whose vocabulary is built from ``vocab_sentences``."""
+    cfg = copy.deepcopy(model_cfg)
+    if cfg.encoder.kind == "transformer":
+        encoder = TransformerWordEncoder(cfg.encoder)
+    elif cfg.encoder.kind == "bilstm":
+        if vocab_sentences is None:
+            raise ValueError("a BiLSTM encoder needs vocab_sentences to build its vocabulary")
+        encoder = BiLSTMEncoder(cfg.encoder, Vocab.build(vocab_sentences, cfg.encoder.min_word_count))
+        cfg.encoder.word_dim = encoder.word_dim
+    else:
+        raise ValueError(f"encoder kind must be transformer or bilstm, got {cfg.encoder.kind!r}")
+    return cfg, encoder
 
 
 def _constraints(cfg: ModelConfig, labels: list[str], scheme: str) -> Constraints | None:
@@ -159,15 +181,5 @@ def build_tagger(model_cfg: ModelConfig, labels: list[str], scheme: str,
                  vocab_sentences: list[list[str]] | None = None) -> Tagger:
     """A fresh tagger: pretrained transformer weights, or a BiLSTM whose vocabulary is built from
     ``vocab_sentences`` (token lists; required for BiLSTM encoders)."""
-    cfg = copy.deepcopy(model_cfg)
-    if cfg.encoder.kind == "transformer":
-        encoder = TransformerWordEncoder(cfg.encoder)
-    elif cfg.encoder.kind == "bilstm":
-        if vocab_sentences is None:
-            raise ValueError("a BiLSTM encoder needs vocab_sentences to build its vocabulary")
-        vocab = Vocab.build(vocab_sentences, cfg.encoder.min_word_count)
-        encoder = BiLSTMEncoder(cfg.encoder, vocab)
-        cfg.encoder.word_dim = encoder.word_dim
-    else:
-        raise ValueError(f"encoder kind must be transformer or bilstm, got {cfg.encoder.kind!r}")
+    cfg, encoder = fresh_encoder(model_cfg, vocab_sentences)
     return Tagger(cfg, labels, scheme, encoder, _constraints(cfg, labels, scheme))

@@ -1,29 +1,24 @@
 """Gold-label training of a tagger (teachers): fine-tune encoder + decoder, early-stop on dev.
 
-AdamW with linear warm-up then linear decay, optional layer-wise lr decay for transformer layers and
-a separate lr for the head (emission layer, decoder, and a BiLSTM encoder), gradient clipping,
-length-bucketed batches, dev F1 (accuracy for POS) each epoch with patience, best weights kept.
+The recipe of pipeline.gold_loop (AdamW, warm-up then linear decay, layer-wise lr decay, ``head_lr``
+for the emission layer, decoder and a BiLSTM encoder, length-bucketed batches, gradient clipping),
+dev F1 (accuracy for POS) each epoch with patience, the best weights kept.
 """
 from __future__ import annotations
 
-import math
 import random
 
 import numpy as np
 import torch
-from rich.console import Console
 
-from pipeline.batching import pack
-from pipeline.config import OptimConfig, TeacherConfig
+from pipeline.config import TeacherConfig
 from pipeline.corpus import Sentence, effective_scheme
-from pipeline.encoders import TransformerWordEncoder
+from pipeline.gold_loop import batched_inference, epoch_history, gold_training
 from pipeline.kd.nll import nll
-from pipeline.loop import Loop, Step
+from pipeline.loop import Step
 from pipeline.metrics import evaluate_tags, main_score
 from pipeline.schemes import complete_labels, first_invalid
 from pipeline.tagger import Tagger, build_tagger
-
-BUCKET_POOL = 50  # batches per pool sorted by length before the batches are shuffled
 
 
 def seed_everything(seed: int) -> None:
@@ -54,66 +49,16 @@ def check_labels(train: list[Sentence], scheme: str) -> None:
                              f"{bad}: {s.labels}")
 
 
-def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled index batches of similar length: shuffle, sort pools by length, shuffle batches."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    pool = batch_size * BUCKET_POOL
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
-        batches += [[chunk[k] for k in rows] for rows in pack([lengths[i] for i in chunk], None, batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def param_groups(tagger: Tagger, optim: OptimConfig) -> list[dict]:
-    """AdamW groups: transformer parameters at ``lr * layer_decay ** (depth below the top layer)``,
-    everything else at ``head_lr``; no weight decay on biases, norms and decoder factors."""
-    encoder = tagger.encoder
-    transformer = isinstance(encoder, TransformerWordEncoder)
-    groups: dict[tuple[float, float], list] = {}
-    for name, param in tagger.named_parameters():
-        if not param.requires_grad:
-            continue
-        if transformer and name.startswith("encoder.model."):
-            depth = encoder.layer_of(name[len("encoder.model."):])
-            lr = optim.lr * optim.layer_decay ** max(0, encoder.num_layers - depth)
-        else:
-            lr = optim.head_lr or optim.lr
-        decay = 0.0 if param.ndim < 2 or name.startswith("decoder.") else optim.weight_decay
-        groups.setdefault((lr, decay), []).append(param)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-
-
-def warmup_linear(total: int, warmup: float):
-    """lr multiplier: linear warm-up over ``warmup * total`` steps, then linear decay to 0."""
-    warm = int(warmup * total)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (total - step) / max(1, total - warm))
-    return factor
-
-
 def predict(tagger: Tagger, sentences: list, batch_size: int = 32) -> list[list[str]]:
     """Labels for each sentence (``Sentence`` objects or token lists), batched by length, in eval
     mode under ``torch.inference_mode``; the module's train/eval mode is restored afterwards."""
     tokens = [getattr(s, "tokens", s) for s in sentences]
-    order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
     out: list[list[str]] = [[] for _ in tokens]
-    was_training = tagger.training
-    tagger.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = [i for i in order[start:start + batch_size] if tokens[i]]
-                if idx:
-                    for i, labels in zip(idx, tagger.decode([tokens[i] for i in idx])):
-                        out[i] = labels
-    finally:
-        tagger.train(was_training)
+
+    def run(idx: list[int], batch: list[list[str]]) -> None:
+        for i, labels in zip(idx, tagger.decode(batch)):
+            out[i] = labels
+    batched_inference(tagger, tokens, batch_size, run)
     return out
 
 
@@ -132,15 +77,6 @@ def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
     check_labels(train, scheme)
     labels = training_labels(train, scheme)
     tagger = build_tagger(cfg.model, labels, scheme, vocab_sentences=[s.tokens for s in train]).to(device)
-    total = optim.epochs * math.ceil(len(train) / optim.batch_size)
-    if optim.max_steps:
-        total = min(total, optim.max_steps)
-    rng = random.Random(optim.seed)
-    lengths = [len(s.tokens) for s in train]
-
-    def batches(epoch: int):
-        for batch in length_batches(lengths, optim.batch_size, rng):
-            yield [train[i] for i in batch]
 
     def step(sents: list[Sentence], epoch: int, laps) -> Step:
         structure = tagger.structure([s.tokens for s in sents])
@@ -153,21 +89,10 @@ def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
         result = evaluate_tags([s.labels for s in dev], predict(tagger, dev, optim.batch_size), scheme)
         return main_score(result), result
 
-    def report(record: dict) -> None:
-        if progress and record["dev"] is not None:
-            Console(stderr=True).print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
-                                       f"dev {record['dev_score']:.4f}")
-
-    loop = Loop(tagger, torch.optim.AdamW(param_groups(tagger, optim)), optim, batches, step,
-                lambda steps, seen: warmup_linear(total, optim.warmup)(steps), evaluate, total * optim.batch_size,
-                description=cfg.name, on_epoch=report)
-    best = loop.run(progress)
+    loop, best = gold_training(tagger, optim, cfg.name, train, step, evaluate,
+                               lambda record: f"dev {record['dev_score']:.4f}", progress)
     history: dict = {"labels": labels, "scheme": scheme, "steps": loop.steps,
                      "best_epoch": best["epoch"] if dev else None,
                      "best_dev_score": best["score"] if dev else None,
-                     "epochs": [{"epoch": r["epoch"], "steps": r["steps"], "train_loss": r.get("loss", 0.0),
-                                 "sentences_per_s": r["sentences"] / max(r["wall_s"], 1e-9),
-                                 "seconds": r["wall_s"],
-                                 **({"dev": r["dev"], "dev_score": r["dev_score"]} if dev else {})}
-                                for r in loop.records]}
+                     "epochs": epoch_history(loop, bool(dev))}
     return tagger, history

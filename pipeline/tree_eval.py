@@ -14,23 +14,38 @@ from collections import defaultdict
 from pipeline.attachment import attachment_scores
 
 
+def model_tree_kind(model) -> str | None:
+    """``parser`` (a biaffine parser), a head encoding (a tagger whose labels encode heads) or None."""
+    from pipeline.head_encoding import infer_kind
+
+    if hasattr(model, "parse"):
+        return "parser"
+    return infer_kind(getattr(model, "labels", []))
+
+
+def decoded_trees(kind: str, pred, upos: list) -> tuple[list[list[int]], list[list[str]]]:
+    """(heads, relations) from a parser's own (heads, relations) (``kind`` parser) or from a
+    head-encoded tagger's labels (``kind`` its encoding; ``upos`` per sentence, for ``rel_pos``)."""
+    if kind == "parser":
+        return pred
+    from pipeline.head_encoding import decode
+
+    pairs = [decode(labels, tags, kind) for labels, tags in zip(pred, upos)]
+    return [h for h, _ in pairs], [r for _, r in pairs]
+
+
 def predict_trees(student, rows: list[dict], head_encoding: str | None,
                   batch_size: int = 64) -> tuple[list[list[int]], list[list[str]]]:
     """(heads, relations) of each row (``tokens``, and ``upos`` for ``rel_pos``)."""
+    tokens = [r["tokens"] for r in rows]
     if head_encoding is None:
         from pipeline.parse_train import parse_sentences
 
-        return parse_sentences(student, [r["tokens"] for r in rows], batch_size)
-    from pipeline.head_encoding import decode
+        return parse_sentences(student, tokens, batch_size)
     from pipeline.trainer import predict
 
-    labels = predict(student, [r["tokens"] for r in rows], batch_size=batch_size)
-    heads, rels = [], []
-    for row, pred in zip(rows, labels):
-        h, r = decode(pred, row.get("upos"), head_encoding)
-        heads.append(h)
-        rels.append(r)
-    return heads, rels
+    labels = predict(student, tokens, batch_size=batch_size)
+    return decoded_trees(head_encoding, labels, [r.get("upos") for r in rows])
 
 
 def evaluate_trees(student, rows: list[dict], head_encoding: str | None = None, *,

@@ -28,6 +28,7 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     from pipeline.metrics import evaluate_tags
     from pipeline.parse_train import parse_sentences
     from pipeline.trainer import predict, resolve_device
+    from pipeline.tree_eval import model_tree_kind
 
     device = resolve_device(cfg.device)
     results: dict[str, dict] = {}
@@ -72,27 +73,15 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     return results
 
 
-def model_tree_kind(model) -> str | None:
-    """``parser`` (a biaffine parser), a head encoding (a tagger whose labels encode heads) or None."""
-    from pipeline.head_encoding import infer_kind
-
-    if hasattr(model, "parse"):
-        return "parser"
-    return infer_kind(getattr(model, "labels", []))
-
-
 def tree_scores(model, kind: str, sentences: list, pred, where: str) -> dict:
     """UAS / LAS of a parser's (heads, relations) or of a head-encoded tagger's decoded labels."""
     from pipeline.attachment import attachment_scores
-    from pipeline.head_encoding import decode
+    from pipeline.tree_eval import decoded_trees
 
     if any(s.heads is None for s in sentences):
         raise ConfigError(f"{where}: a dependency model is scored on trees; this corpus has none "
                           "(format: conllu with HEAD / DEPREL)")
-    if kind == "parser":
-        heads, rels = pred
-    else:
-        heads, rels = zip(*(decode(labels, s.upos, kind) for labels, s in zip(pred, sentences)))
+    heads, rels = decoded_trees(kind, pred, [s.upos for s in sentences])
     return attachment_scores([s.heads for s in sentences], [s.rels for s in sentences], heads, rels)
 
 

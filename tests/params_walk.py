@@ -8,8 +8,9 @@ import dataclasses
 import types
 import typing
 
-from pipeline.config import (RULES, AnnotateConfig, DistillConfig, EvaluateConfig, PrepareConfig,
-                             ReportConfig, TeacherConfig)
+from pipeline.config import (AnnotateConfig, DistillConfig, EvaluateConfig, PrepareConfig, ReportConfig,
+                             TeacherConfig)
+from pipeline.config_rules import RULES
 from pipeline.rules import Each
 
 CORPUS = {"name": "c", "files": {"train": "train.txt"}}

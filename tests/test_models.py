@@ -188,7 +188,7 @@ def test_truncated_transformer_student_freezes_word_pieces(bert):
     """A 1-layer student of the 2-layer encoder with frozen word-piece embeddings: they get no
     optimizer group and one training step leaves them unchanged, while the layers still learn."""
     from pipeline.config import OptimConfig
-    from pipeline.trainer import param_groups
+    from pipeline.gold_loop import param_groups
 
     cfg = ModelConfig(EncoderConfig(name=bert, layers=1, freeze_embeddings=True, dropout=0.0),
                       DecoderConfig(kind="crf"))

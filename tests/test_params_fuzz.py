@@ -11,7 +11,8 @@ import copy
 
 import pytest
 
-from pipeline.config import RULES, AnnotateConfig, CorpusConfig, DistillConfig, from_dict
+from pipeline.config import AnnotateConfig, CorpusConfig, DistillConfig, from_dict
+from pipeline.config_rules import RULES
 from pipeline.errors import ConfigError
 from pipeline.rules import Range
 from tests.params_walk import CORPUS, KEYS, STAGES, Key, out_of_range, with_value, wrong_types
@@ -48,7 +49,7 @@ def test_out_of_range_names_the_key(key, value, names):
 def test_every_number_has_a_range():
     numbers = {(k.owner, k.name) for k in KEYS if k.tp in (int, float)}
     missing = sorted(f"{owner.__name__}.{name}" for owner, name in numbers - set(RULES) - UNBOUNDED)
-    assert not missing, f"add a Range to pipeline.config.RULES (or UNBOUNDED here): {missing}"
+    assert not missing, f"add a Range to pipeline.config_rules.RULES (or UNBOUNDED here): {missing}"
     assert len(KEYS) > 100 and len(CASES) > 50
 
 

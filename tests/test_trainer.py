@@ -12,8 +12,8 @@ from pipeline.config import (CorpusConfig, DecoderConfig, EncoderConfig, ModelCo
                              TeacherConfig)
 from pipeline.corpus import Sentence, read_corpus
 from pipeline.metrics import evaluate_groups, evaluate_tags, main_score
-from pipeline.trainer import (check_labels, length_batches, param_groups, predict, train_tagger,
-                              warmup_linear)
+from pipeline.gold_loop import length_batches, param_groups, warmup_linear
+from pipeline.trainer import check_labels, predict, train_tagger
 from pipeline.tagger import build_tagger
 from tests.helpers import write_tiny_bert, write_tiny_conll
 
