@@ -352,7 +352,7 @@ def test_demo_corpus_is_committed_readable_and_reproducible(tmp_path):
     """data/demo: the generator rewrites the committed files byte for byte; they read cleanly."""
     script = DEMO / "make_demo.py"
     subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True)
-    for name, n_sentences in [("train.conll", 600), ("dev.conll", 150), ("test.conll", 150)]:
+    for name, n_sentences in [("train.conll", 900), ("dev.conll", 200), ("test.conll", 250)]:
         assert (tmp_path / name).read_bytes() == (DEMO / name).read_bytes(), name
         assert (DEMO / name).stat().st_size < 200_000
         cfg = CorpusConfig(name="demo", files={"x": str(DEMO / name)}, scheme="IOB2")
@@ -363,7 +363,7 @@ def test_demo_corpus_is_committed_readable_and_reproducible(tmp_path):
         assert {t for s in got for t in s.labels} == NER
     assert (tmp_path / "unlabeled.txt").read_bytes() == (DEMO / "unlabeled.txt").read_bytes()
     raw = read_raw(DEMO / "unlabeled.txt", "demo-raw", "unlabeled")
-    assert len((DEMO / "unlabeled.txt").read_text().splitlines()) == 300 and len(raw) >= 600
+    assert len((DEMO / "unlabeled.txt").read_text().splitlines()) == 600 and len(raw) >= 1200
 
 
 def test_holdout_makes_dev_from_the_end_of_train(tmp_path):

@@ -2,10 +2,17 @@
 
     python data/demo/make_demo.py [--out data/demo] [--seed 13]
 
-Writes train.conll (600 sentences), dev.conll (150), test.conll (150) in CoNLL-2003 format (``word POS
+Writes train.conll (900 sentences), dev.conll (200), test.conll (250) in CoNLL-2003 format (``word POS
 chunk NER``, IOB2, PER/ORG/LOC/MISC, ``-DOCSTART-`` lines between documents) and unlabeled.txt
-(300 raw-text documents, one per line, same domain, no labels). Every sentence comes from the
+(600 raw-text documents, one per line, same domain, no labels). Every sentence comes from the
 templates and name lists below, written for this file: nothing is copied from a real corpus.
+
+What makes it hard enough for the methods to differ (a teacher good but imperfect):
+- names drawn by Zipf's law from pools of a few hundred (real and invented): dev and test hold
+  many names train never shows, which the unlabeled documents do show;
+- names of several types (Jordan, Ford, Chelsea), told apart only by the context, sometimes words
+  away across a clause, and places inside organisations' names (Bank of Lima, Oslo Airlines);
+- annotation noise in train only: 6% of its entities left unlabeled or given another type.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ LAST = ["Hartley", "Moreno", "Okafor", "Lindqvist", "Brennan", "Tanaka", "Kowals
         "Fischer", "Novak", "Ramirez", "Whitford", "O'Neill", "Haddad", "Petrov", "Achterberg"]
 ORG_STEM = ["Northwind", "Bluefield", "Crestline", "Ironbridge", "Silverlake", "Redwood", "Harbor",
             "Summit", "Granite", "Meridian", "Oakmont", "Pinecrest", "Lakeshore", "Brightwater"]
-ORG_SUFFIX = ["Holdings", "Corp", "Bank", "Group", "Airlines", "Motors", "Energy", "Mining",
+ORG_SUFFIX = ["Holdings", "Corporation", "Bank", "Group", "Airlines", "Motors", "Energy", "Mining",
               "Foods", "Telecom", "Insurance", "Shipping"]
 ORG_FIXED = ["Reuters", "the World Bank", "the Ministry of Finance", "the European Commission"]
 LOC = ["London", "Paris", "Tokyo", "Brazil", "Germany", "Chicago", "Nairobi", "Lima", "Oslo",
@@ -34,6 +41,21 @@ DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 MONTHS = ["January", "March", "April", "June", "July", "September", "October", "December"]
 NUMBERS = ["2", "3.5", "12", "40", "1,200", "0.8", "250", "7", "18.4", "3,500"]
 SCORES = ["2-1", "3-0", "1-1", "4-2", "6-3"]
+TYPES = ["PER", "ORG", "LOC", "MISC"]
+SYLLABLES = ["ka", "lo", "ren", "vi", "mar", "do", "sel", "ta", "bri", "no", "gar", "lin", "mo", "ra",
+             "ste", "vel", "an", "cor", "dri", "fen", "ga", "hol", "ju", "ker", "mi", "pra", "sa", "tor",
+             "ul", "wen", "bo", "ze", "qui", "har", "ny", "ost"]
+# Names of more than one type: the context (or a cue words away) is all that tells them apart.
+AMBIGUOUS = {"Jordan": "PER LOC", "Washington": "PER LOC", "Georgia": "PER LOC", "Lincoln": "PER LOC",
+             "Victoria": "PER LOC", "Madison": "PER LOC", "Florence": "PER LOC", "Austin": "PER LOC",
+             "Chester": "PER LOC", "Sydney": "PER LOC", "Troy": "PER LOC", "Paris": "PER LOC",
+             "Ford": "PER ORG", "Santos": "PER ORG", "Mercedes": "PER ORG", "Dell": "PER ORG",
+             "Chelsea": "PER LOC ORG", "Porto": "LOC ORG", "Everton": "LOC ORG", "Reading": "LOC ORG",
+             "Marseille": "LOC ORG", "Monaco": "LOC ORG"}
+CLAUSES = ["according to officials speaking on {DAY}", "as most analysts had expected last week",
+           "after a long week of difficult talks", "in a statement released late on {DAY}",
+           "despite heavy pressure from its critics", "for the second time in {NUM} years",
+           "which had been expected to win", "speaking to reporters after the meeting"]
 
 # Template tokens: a slot {X}, a word (POS from LEXICON, label O) or word|LABEL|POS.
 TEMPLATES = [
@@ -69,6 +91,22 @@ TEMPLATES = [
     "{LOC} 's economy grew {NUM} percent last year .",
     "{ORG} opened a plant in the U.S.|B-LOC|NNP state of {LOC} .",
     "Mr. {LAST} said the {NAT} economy would recover in {MONTH} .",
+    "{PER*} , {CLAUSE} , said he would not stand again .",
+    "{LOC*} , {CLAUSE} , reported its first snow of the winter .",
+    "{ORG*} , {CLAUSE} , said its sales rose {NUM} percent .",
+    "Flights to {LOC*} were cancelled on {DAY} .",
+    "{PER*} scored the winner for {ORG*} on {DAY} .",
+    "Fans of {ORG*} celebrated in {LOC*} after the final .",
+    "{PER*} met {PER*} in {LOC*} on {DAY} .",
+    "The mayor of {LOC*} , {PER*} , resigned on {DAY} .",
+    "{ORG*} recalled {NUM} cars sold in {LOC*} .",
+    "Troops crossed from {LOC*} into {LOC*} overnight .",
+    "{PER*} told the {NAT} newspaper that {ORG*} would sell its stake .",
+    "Shares of {ORG*} rose after {PER*} bought {NUM} percent of the company .",
+    "In {LOC*} , {PER*} said , prices were higher than in {LOC*} .",
+    "{ORG*} beat {ORG*} {SCORE} in the {EVENT} , {CLAUSE} .",
+    "{PER*} , {CLAUSE} , was born in {LOC*} .",
+    "{LOC*} , {CLAUSE} , has a population of {NUM} million .",
 ]
 LEXICON = {
     ",": ",", ".": ".", "\"": "\"", "(": "(", ")": ")", "$": "$", "%": "NN", "'s": "POS",
@@ -98,6 +136,17 @@ LEXICON = {
     "appeal": "VB", "right-wing": "JJ", "party": "NN", "gained": "VBD", "seats": "NNS",
     "profit": "NN", "economy": "NN", "grew": "VBD", "last": "JJ", "opened": "VBD",
     "plant": "NN", "state": "NN", "recover": "VB", "million": "CD", "billion": "CD",
+    "according": "VBG", "officials": "NNS", "speaking": "VBG", "most": "JJS", "analysts": "NNS",
+    "had": "VBD", "expected": "VBN", "week": "NN", "long": "JJ", "difficult": "JJ", "statement": "NN",
+    "released": "VBN", "late": "RB", "despite": "IN", "heavy": "JJ", "pressure": "NN", "critics": "NNS",
+    "years": "NNS", "which": "WDT", "been": "VBN", "win": "VB", "meeting": "NN", "he": "PRP",
+    "not": "RB", "stand": "VB", "again": "RB", "first": "JJ", "snow": "NN", "winter": "NN",
+    "sales": "NNS", "Flights": "NNS", "were": "VBD", "cancelled": "VBN", "winner": "NN",
+    "Fans": "NNS", "celebrated": "VBD", "met": "VBD", "resigned": "VBD", "recalled": "VBD",
+    "cars": "NNS", "sold": "VBN", "Troops": "NNS", "crossed": "VBD", "into": "IN",
+    "overnight": "RB", "newspaper": "NN", "sell": "VB", "stake": "NN", "Shares": "NNS",
+    "bought": "VBD", "company": "NN", "In": "IN", "than": "IN", "born": "VBN",
+    "population": "NN", "has": "VBZ",
 }
 _CHUNK = {"NP": {"DT", "JJ", "JJR", "NN", "NNS", "NNP", "CD", "PRP", "PRP$", "POS", "$"},
           "VP": {"VB", "VBD", "VBZ", "VBP", "VBN", "MD", "TO"}, "PP": {"IN"}, "ADVP": {"RB"}}
@@ -106,41 +155,117 @@ _NO_SPACE_BEFORE = {",", ".", ")", "%", "'s", "n't"}
 _NO_SPACE_AFTER = {"(", "$"}
 
 
+SPLITS = [("train", 900, 0.06), ("dev", 200, 0.0), ("test", 250, 0.0)]  # name, sentences, noise
+UNLABELED_DOCS = 600
+
+
+def _pseudo(rng: random.Random, n: int, suffixes: list[str]) -> list[str]:
+    """``n`` distinct invented names: two or three syllables and one of ``suffixes``."""
+    out: set[str] = set()
+    while len(out) < n:
+        stem = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3))))
+        out.add((stem + rng.choice(suffixes)).capitalize())
+    return sorted(out)
+
+
+def _ranked(real: list[str], invented: list[str], rng: random.Random) -> tuple[list[str], list[float]]:
+    """A name pool in a random rank order and its Zipf (1 / rank) cumulative weights: a few names
+    are frequent, most are rare, so dev and test hold names that train never shows."""
+    pool = real + invented
+    rng.shuffle(pool)
+    weights = [1.0 / (rank + 1) for rank in range(len(pool))]
+    return pool, [sum(weights[:i + 1]) for i in range(len(weights))]
+
+
+_POOLS = random.Random(7)
+POOL = {"FIRST": _ranked(FIRST, _pseudo(_POOLS, 40, ["a", "o", "el", "ine", "is", ""]), _POOLS),
+        "LAST": _ranked(LAST, _pseudo(_POOLS, 260, ["son", "ez", "ova", "ski", "er", "ini", "ard", ""]), _POOLS),
+        "LOC": _ranked(LOC, _pseudo(_POOLS, 160, ["ia", "burg", "stan", "ville", "ton", "ona", "ar"]), _POOLS),
+        "ORG": _ranked(ORG_STEM, _pseudo(_POOLS, 110, ["tex", "ix", "ora", "ant", "um", ""]), _POOLS)}
+
+
+def _draw(pool: str, rng: random.Random) -> str:
+    names, cum = POOL[pool]
+    return rng.choices(names, cum_weights=cum)[0]
+
+
+def _ambiguous(etype: str, rng: random.Random) -> str:
+    return rng.choice([word for word, types in AMBIGUOUS.items() if etype in types.split()])
+
+
 def _entity(words: str, etype: str, pos: str = "NNP") -> list[tuple[str, str, str]]:
     return [(w, pos, ("B-" if i == 0 else "I-") + etype) for i, w in enumerate(words.split())]
 
 
 def _org(rng: random.Random) -> list[tuple[str, str, str]]:
-    if rng.random() < 0.15:
+    draw = rng.random()
+    if draw < 0.1:
         name = rng.choice(ORG_FIXED)
         if name.startswith("the "):
             return [("the", "DT", "O")] + _entity(name[4:], "ORG")
         return _entity(name, "ORG")
-    return _entity(f"{rng.choice(ORG_STEM)} {rng.choice(ORG_SUFFIX)}", "ORG")
+    if draw < 0.25:  # a place inside an organisation's name is part of the organisation
+        place = _draw("LOC", rng)
+        return _entity(f"Bank of {place}" if rng.random() < 0.4 else f"{place} {rng.choice(ORG_SUFFIX)}", "ORG")
+    return _entity(f"{_draw('ORG', rng)} {rng.choice(ORG_SUFFIX)}", "ORG")
 
 
 def _fill(slot: str, rng: random.Random) -> list[tuple[str, str, str]]:
-    """(word, POS, NER) triples for one template slot."""
-    if slot == "PER":
-        first = "" if rng.random() < 0.25 else rng.choice(FIRST) + " "
-        return _entity(first + rng.choice(LAST), "PER")
-    if slot == "LAST":
-        return _entity(rng.choice(LAST), "PER")
-    if slot == "ORG":
+    """(word, POS, NER) triples for one template slot. ``X*`` prefers a name that is also a name of
+    another type (Jordan, Ford, Chelsea): only the rest of the sentence tells which."""
+    etype = slot.rstrip("*")
+    if etype in ("PER", "LOC", "ORG") and rng.random() < (0.5 if slot.endswith("*") else 0.06):
+        return _entity(_ambiguous(etype, rng), etype)
+    if etype == "PER":
+        first = "" if rng.random() < 0.3 else _draw("FIRST", rng) + " "
+        return _entity(first + _draw("LAST", rng), "PER")
+    if etype == "LAST":
+        return _entity(_draw("LAST", rng), "PER")
+    if etype == "ORG":
         return _org(rng)
-    if slot == "ABBR":
+    if etype == "ABBR":
         return _entity("".join(rng.sample("ABCDEFGHKLMNPRSTW", 3)), "ORG")
-    if slot == "LOC":
-        return _entity(rng.choice(LOC), "LOC")
-    if slot == "NAT":
+    if etype == "LOC":
+        return _entity(_draw("LOC", rng), "LOC")
+    if etype == "NAT":
         return _entity(rng.choice(NAT), "MISC", "JJ")
-    if slot == "EVENT":
+    if etype == "EVENT":
         return _entity(rng.choice(EVENT), "MISC")
-    if slot == "MONEY":
+    if etype == "MONEY":
         return [("$", "$", "O"), (rng.choice(NUMBERS), "CD", "O"),
                 (rng.choice(["million", "billion"]), "CD", "O")]
-    word = {"NUM": NUMBERS, "SCORE": SCORES, "DAY": DAYS, "MONTH": MONTHS}[slot]
-    return [(rng.choice(word), "NNP" if slot in ("DAY", "MONTH") else "CD", "O")]
+    if etype == "CLAUSE":
+        return [triple for token in rng.choice(CLAUSES).split() for triple in _token(token, rng)]
+    word = {"NUM": NUMBERS, "SCORE": SCORES, "DAY": DAYS, "MONTH": MONTHS}[etype]
+    return [(rng.choice(word), "NNP" if etype in ("DAY", "MONTH") else "CD", "O")]
+
+
+def _token(token: str, rng: random.Random) -> list[tuple[str, str, str]]:
+    """A template token: a slot {X}, a word (POS from LEXICON, label O) or word|LABEL|POS."""
+    if token.startswith("{"):
+        return _fill(token[1:-1], rng)
+    if "|" in token:
+        word, label, pos = token.split("|")
+        return [(word, pos, label)]
+    return [(token, LEXICON[token], "O")]
+
+
+def _noisy(triples: list[tuple[str, str, str]], rng: random.Random, noise: float) -> list[tuple[str, str, str]]:
+    """Annotation noise: each entity is, with probability ``noise``, left unlabeled (half the
+    cases) or given another type."""
+    out = list(triples)
+    starts = [i for i, (_, _, label) in enumerate(out) if label.startswith("B-")]
+    for start in starts:
+        if rng.random() >= noise:
+            continue
+        end = start + 1
+        while end < len(out) and out[end][2].startswith("I-"):
+            end += 1
+        new = "O" if rng.random() < 0.5 else rng.choice([t for t in TYPES if t != out[start][2][2:]])
+        for i in range(start, end):
+            prefix = "B-" if i == start else "I-"
+            out[i] = (out[i][0], out[i][1], "O" if new == "O" else prefix + new)
+    return out
 
 
 def _chunks(pos_tags: list[str]) -> list[str]:
@@ -154,19 +279,13 @@ def _chunks(pos_tags: list[str]) -> list[str]:
     return out
 
 
-def sentence(rng: random.Random) -> list[tuple[str, str, str, str]]:
-    """One synthetic sentence as (word, POS, chunk, NER) rows."""
-    triples: list[tuple[str, str, str]] = []
-    for token in rng.choice(TEMPLATES).split():
-        if token.startswith("{"):
-            triples.extend(_fill(token[1:-1], rng))
-        elif "|" in token:
-            word, label, pos = token.split("|")
-            triples.append((word, pos, label))
-        else:
-            triples.append((token, LEXICON[token], "O"))
+def sentence(rng: random.Random, noise: float = 0.0) -> list[tuple[str, str, str, str]]:
+    """One synthetic sentence as (word, POS, chunk, NER) rows; ``noise``: see ``_noisy``."""
+    triples = [triple for token in rng.choice(TEMPLATES).split() for triple in _token(token, rng)]
     if triples[0][0] == "the":
         triples[0] = ("The",) + triples[0][1:]
+    if noise:
+        triples = _noisy(triples, rng, noise)
     chunks = _chunks([pos for _, pos, _ in triples])
     return [(w, pos, chunk, ner) for (w, pos, ner), chunk in zip(triples, chunks)]
 
@@ -203,11 +322,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    for split, n in [("train", 600), ("dev", 150), ("test", 150)]:
-        text = conll_text([sentence(rng) for _ in range(n)], rng)
+    for split, n, noise in SPLITS:
+        text = conll_text([sentence(rng, noise) for _ in range(n)], rng)
         (args.out / f"{split}.conll").write_text(text, encoding="utf-8")
     docs = [" ".join(detokenize([row[0] for row in sentence(rng)])
-                     for _ in range(rng.randint(2, 4))) for _ in range(300)]
+                     for _ in range(rng.randint(2, 4))) for _ in range(UNLABELED_DOCS)]
     (args.out / "unlabeled.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
 
 
