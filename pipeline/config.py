@@ -91,6 +91,9 @@ class OptimConfig:
     patience: int = 3  # early stopping on dev F1 (epochs without improvement)
     seed: int = 13
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    # train at least about this many optimizer steps: epochs is raised until the budget is met, so a
+    # small corpus gets as many updates as a large one (``pipeline.loop.epochs_for``)
+    min_steps: int | None = None
 
 
 @dataclass

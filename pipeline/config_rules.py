@@ -80,6 +80,7 @@ RULES: dict[tuple[type, str], Any] = {
     (OptimConfig, "patience"): _AT_LEAST_0,
     (OptimConfig, "seed"): Range(0, 2**32 - 1),  # numpy's seed range
     (OptimConfig, "max_steps"): _AT_LEAST_1,
+    (OptimConfig, "min_steps"): _AT_LEAST_1,
     (TeacherConfig, "device"): _DEVICE,
     (AnnotateConfig, "splits"): Each(OneOf(*SPLITS)),
     (AnnotateConfig, "k"): _AT_LEAST_1,

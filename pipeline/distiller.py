@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from pipeline.dist import World, broadcast, device_for, finish, init, world_from
 from pipeline.gold_loop import param_groups, warmup_linear
 from pipeline.kd import build_objective, check_schedule, combine, lambda_for, nll
 from pipeline.kd.registry import objective_options
-from pipeline.loop import Loop, Step
+from pipeline.loop import Loop, Step, epochs_for
 from pipeline.metrics import evaluate_groups, main_score
 from pipeline.precision import autocast, grad_scaler
 from pipeline.tagger import Tagger, build_tagger
@@ -174,6 +174,12 @@ class Distiller:
         self.stream = data.stream(() if self.online else self.fields, self.student.featurize, self.world)
         if not self.stream.sentences:
             raise ValueError(f"{cfg.store}: no sentences to train on")
+        # a rank's steps per epoch are at least its words over the word budget of a batch
+        epochs = epochs_for(cfg.optim, self.stream.words / self.world.size / cfg.batch_tokens)
+        if epochs != cfg.optim.epochs:
+            self.console.print(f"optim.min_steps {cfg.optim.min_steps}: {epochs} epochs instead of "
+                               f"{cfg.optim.epochs} ({self.stream.sentences} sentences per epoch)")
+            cfg = self.cfg = replace(cfg, optim=replace(cfg.optim, epochs=epochs))
         cuda = self.device.type == "cuda"
         self.loader = DataLoader(self.stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda)
         groups = param_groups(self.student, cfg.optim)
@@ -275,6 +281,7 @@ class Distiller:
                         "parameters": sum(p.numel() for p in self.student.parameters())},
             "train_sentences": self.stream.sentences, "steps": self.loop.steps,  # rank 0's steps
             "epochs": len(records), "best_epoch": best["epoch"], "dev": best["dev"], "test": test,
+            "still_rising": best["still_rising"],
             "epoch_seconds": [round(r["wall_s"], 3) for r in records],
             "padding_efficiency": records[-1]["padding_efficiency"] if records else None,
             "config": to_dict(cfg),

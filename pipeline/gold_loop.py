@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from rich.console import Console
@@ -18,7 +19,7 @@ from rich.console import Console
 from pipeline.batching import pack
 from pipeline.config import OptimConfig
 from pipeline.encoders import TransformerWordEncoder
-from pipeline.loop import Loop, Step
+from pipeline.loop import Loop, Step, epochs_for
 
 BUCKET_POOL = 50  # batches per pool sorted by length before the batches are shuffled
 
@@ -89,7 +90,9 @@ def gold_training(model: torch.nn.Module, optim: OptimConfig, name: str, train: 
     """Runs the recipe on ``train`` (non-empty sentences with ``tokens``); returns the loop (its
     ``records``, ``steps``) and the best record. ``step(sentences, epoch, laps)`` gives a batch's
     loss, ``dev_line(record)`` the text printed after an evaluated epoch."""
-    total = optim.epochs * math.ceil(len(train) / optim.batch_size)
+    per_epoch = math.ceil(len(train) / optim.batch_size)
+    optim = replace(optim, epochs=epochs_for(optim, per_epoch))
+    total = optim.epochs * per_epoch
     if optim.max_steps:
         total = min(total, optim.max_steps)
     rng = random.Random(optim.seed)

@@ -5,10 +5,14 @@ with early stopping on its score (best weights kept), an optional final epoch th
 (``kd_then_nll``: the NLL-only epoch of the efficient KD paper, also when early stopping ends the
 KD epochs first), a rich progress bar and wall-time laps per phase. What a step computes (the loss of
 a batch) and what an epoch feeds (its batches) are the caller's.
+
+``epochs_for`` turns a step budget (``optim.min_steps``) into epochs; a run whose dev score still
+rose at its last evaluated epoch ends with a warning and ``still_rising`` in its best record.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +25,20 @@ from torch import Tensor
 from pipeline.config import OptimConfig
 
 TIMERS = ("data", "teacher", "forward", "loss", "backward")
+
+
+def epochs_for(optim: OptimConfig, steps_per_epoch: float) -> int:
+    """``optim.epochs``, raised so that ``epochs * steps_per_epoch >= optim.min_steps`` (None: no
+    budget). ``steps_per_epoch`` may be an estimate; a low one only adds epochs."""
+    if not optim.min_steps:
+        return optim.epochs
+    return max(optim.epochs, math.ceil(optim.min_steps / max(steps_per_epoch, 1e-9)))
+
+
+def still_rising(records: list[dict]) -> bool:
+    """Whether the last evaluated epoch had the best dev score and beat the epoch before it."""
+    scores = [r["dev_score"] for r in records if r.get("dev") is not None]
+    return len(scores) >= 2 and scores[-1] > scores[-2] and scores[-1] >= max(scores)
 
 
 def progress_bar(enabled: bool, console: Console | None = None) -> Progress:
@@ -179,4 +197,11 @@ class Loop:
                     self.model.load_state_dict(self.best["state"])
                 self._evaluate(self.run_epoch(self.finale, bar, task, cap))
         self.model.load_state_dict(self.best["state"])
-        return {key: value for key, value in self.best.items() if key != "state"}
+        rising = still_rising(self.records)
+        if rising and not self._capped():
+            scores = [r["dev_score"] for r in self.records if r.get("dev") is not None]
+            (console or Console(stderr=True)).print(
+                f"[yellow]warning:[/] {self.description}: dev score still rising at the last epoch "
+                f"({scores[-2]:.4f} -> {scores[-1]:.4f}); training may not have converged: raise "
+                f"optim.epochs or optim.min_steps")
+        return {**{key: value for key, value in self.best.items() if key != "state"}, "still_rising": rising}

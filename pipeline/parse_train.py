@@ -136,6 +136,6 @@ def train_parser(cfg: TeacherConfig, train: list, dev: list, progress: bool = Tr
                                lambda r: f"dev UAS {r['dev']['uas']:.4f} LAS {r['dev']['las']:.4f}", progress)
     history: dict = {"labels": labels, "decoder": cfg.model.decoder.kind, "steps": loop.steps,
                      "best_epoch": best["epoch"] if dev else None,
-                     "best_dev_score": best["score"] if dev else None,
+                     "best_dev_score": best["score"] if dev else None, "still_rising": best["still_rising"],
                      "epochs": epoch_history(loop, bool(dev), ("arc_loss", "rel_loss"))}
     return parser, history

@@ -93,6 +93,6 @@ def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
                                lambda record: f"dev {record['dev_score']:.4f}", progress)
     history: dict = {"labels": labels, "scheme": scheme, "steps": loop.steps,
                      "best_epoch": best["epoch"] if dev else None,
-                     "best_dev_score": best["score"] if dev else None,
+                     "best_dev_score": best["score"] if dev else None, "still_rising": best["still_rising"],
                      "epochs": epoch_history(loop, bool(dev))}
     return tagger, history

@@ -135,6 +135,11 @@ class StoreStream(IterableDataset):
         """Sentences per epoch over all ranks (from the manifest)."""
         return sum(self.store.shard_info(s)["rows"] for s in self.shard_ids)
 
+    @property
+    def words(self) -> int:
+        """Words per epoch over all ranks (from the manifest)."""
+        return sum(self.store.shard_info(s)["tokens"] for s in self.shard_ids)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle (call before iterating; workers see it at their start)."""
         self.epoch = int(epoch)
