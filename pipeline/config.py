@@ -63,13 +63,15 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    kind: str = "crf"  # crf | maxent (taggers) | heads | tree (biaffine parsers)
+    kind: str = "crf"  # crf | maxent (taggers) | heads | tree (biaffine parsers) | spans (span NER teacher)
     constraints: bool = True  # forbid transitions the tag scheme does not allow
     projective: bool = False  # tree: Eisner (projective) instead of the matrix-tree theorem
     arc_mlp: int = 500  # biaffine parsers: arc MLP size (Dozat & Manning 2017)
     rel_mlp: int = 100  # biaffine parsers: relation MLP size
     second_order: bool = False  # biaffine parsers: sibling scores + mean-field head marginals
     mean_field_iterations: int = 3
+    span_mlp: int = 150  # spans: start / end MLP size of the biaffine span scorer (Yu et al. 2020)
+    max_span_width: int | None = None  # spans: longest entity in words (None = any width)
 
 
 @dataclass

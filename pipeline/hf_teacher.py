@@ -344,9 +344,9 @@ def is_hf_checkpoint(folder: str | Path) -> bool:
 
 
 def teacher_kind(folder: str | Path) -> str:
-    """``"tagger"`` / ``"parser"`` (our model folders: a tagger, a biaffine parser), ``"hf"`` (HF
-    checkpoint) or ``"hf-crf"`` (fit-crf output);
-    a TeacherError naming the folder for anything else."""
+    """``"tagger"`` / ``"parser"`` / ``"spans"`` (our model folders: a tagger, a biaffine parser, a
+    span tagger), ``"hf"`` (HF checkpoint) or ``"hf-crf"`` (fit-crf output); a TeacherError
+    naming the folder for anything else."""
     path = Path(folder)
     if not path.is_dir():
         raise TeacherError(f"{folder}: " + ("is a file, not a model folder" if path.exists()
@@ -357,7 +357,7 @@ def teacher_kind(folder: str | Path) -> str:
     if config is None:
         raise TeacherError(f"{folder}: not a model folder (no readable config.json or {CRF_META})")
     if "format" in config:
-        return "parser" if config.get("architecture") == "biaffine" else "tagger"
+        return {"biaffine": "parser", "span_tagger": "spans"}.get(config.get("architecture"), "tagger")
     if is_hf_checkpoint(path):
         return "hf"
     raise TeacherError(f"{folder}: a Hugging Face {config.get('architectures') or 'model'} checkpoint, not a "
@@ -375,7 +375,7 @@ def looks_like_hub_name(source: str | Path) -> bool:
 def load_any_teacher(source: str | Path, device: str | torch.device = "cpu"):
     """The teacher of a folder (``teacher_kind``) or of a hub name (``looks_like_hub_name``; only
     the local cache under ``HF_HUB_OFFLINE``) on ``device`` in eval mode: our ``Tagger``, an
-    ``HFTeacher``, a ``CRFTeacher`` or our biaffine ``Parser``."""
+    ``HFTeacher``, a ``CRFTeacher``, our biaffine ``Parser`` or our ``SpanTagger``."""
     if not Path(source).exists():
         if not looks_like_hub_name(source):
             raise TeacherError(f"{source}: no such folder (nor a hub model name owner/name)")
@@ -385,6 +385,10 @@ def load_any_teacher(source: str | Path, device: str | torch.device = "cpu"):
         from pipeline.parser import Parser
 
         return Parser.load(source, device)
+    if kind == "spans":
+        from pipeline.span_model import SpanTagger
+
+        return SpanTagger.load(source, device)
     if kind == "tagger":
         from pipeline.tagger import Tagger
 

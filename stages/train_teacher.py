@@ -1,5 +1,6 @@
 """`structkd train-teacher`: fine-tune one teacher on its corpus: a tagger (encoder + CRF/MaxEnt
-decoder), or a biaffine dependency parser when ``model.decoder.kind`` is ``heads`` or ``tree``."""
+decoder), a biaffine dependency parser when ``model.decoder.kind`` is ``heads`` or ``tree``, or a
+biaffine span NER teacher (pipeline.span_model) when it is ``spans``."""
 from __future__ import annotations
 
 import time
@@ -27,6 +28,7 @@ def main(
     """Fine-tune a teacher and save it as a self-contained model folder."""
     from pipeline.corpus import read_corpus  # torch, transformers: imported only when the stage runs
     from pipeline.parser import KINDS as PARSER_KINDS
+    from pipeline.span_model import KIND as SPAN_KIND
     from pipeline.trainer import train_tagger
     from store.files import atomic_json
 
@@ -49,6 +51,13 @@ def main(
         try:
             model, history = train_parser(cfg, train, dev)
         except ValueError as err:  # gold trees the decoder cannot represent
+            raise DataError(f"teachers.{teacher}: {err}") from None
+    elif cfg.model.decoder.kind == SPAN_KIND:
+        from pipeline.span_train import train_span_tagger
+
+        try:
+            model, history = train_span_tagger(cfg, train, dev)
+        except ValueError as err:  # gold entities the scheme or max_span_width cannot represent
             raise DataError(f"teachers.{teacher}: {err}") from None
     else:
         model, history = train_tagger(cfg, train, dev)
