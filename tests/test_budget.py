@@ -2,16 +2,28 @@
 while its dev score was still rising (issue 19: students that converge by default on small corpora)."""
 from __future__ import annotations
 
+import csv
 import math
-from dataclasses import replace
 
 import torch
 
-from pipeline.config import OptimConfig
+from pipeline.config import DecoderConfig, DistillConfig, EncoderConfig, KDConfig, ModelConfig, OptimConfig
 from pipeline.loop import Loop, Step, epochs_for, still_rising
 from store.feed import distill
 from tests.stores import make_store
-from tests.test_distill import config, epochs_csv
+
+
+def config(store: str, out, **optim) -> DistillConfig:
+    model = ModelConfig(EncoderConfig(kind="bilstm", word_dim=16, hidden=16, char="none", dropout=0.0),
+                        DecoderConfig(kind="crf"))
+    return DistillConfig(store=store, name="none", kd=KDConfig(method="none", lam=0.0), model=model,
+                         optim=OptimConfig(lr=2e-2, warmup=0.0, seed=1, **optim),
+                         batch_tokens=120, shuffle_buffer=32, out=str(out), device="cpu")
+
+
+def epochs_csv(out) -> list[dict]:
+    with open(out / "epochs.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_epochs_for_raises_epochs_to_meet_the_step_budget():
@@ -51,12 +63,10 @@ def test_a_run_ending_while_dev_rises_warns(capsys):
 
 def test_distill_min_steps_adds_epochs_and_records_still_rising(tmp_path):
     store, _ = make_store(tmp_path / "store", unlabeled=False)
-    base = config(store, tmp_path / "one", "none", epochs=1)
-    one = distill(base, progress=False)
+    one = distill(config(store, tmp_path / "one", epochs=1), progress=False)
     steps_per_epoch = one["steps"]
     budget = 3 * steps_per_epoch
-    cfg = replace(base, out=str(tmp_path / "budget"), optim=replace(base.optim, min_steps=budget, patience=99))
-    got = distill(cfg, progress=False)
+    got = distill(config(store, tmp_path / "budget", epochs=1, min_steps=budget, patience=99), progress=False)
     rows = epochs_csv(tmp_path / "budget")
     assert len(rows) >= 3 and got["steps"] >= budget
     assert got["config"]["optim"]["epochs"] == len(rows) >= math.ceil(budget / steps_per_epoch)
