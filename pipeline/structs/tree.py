@@ -154,8 +154,15 @@ class DependencyCRF(_Arcs):
         return torch.where(ok, total, torch.full_like(total, NEG_INF))
 
     def argmax(self) -> Tensor:
-        """The best tree: heads [B, L+1] long (Eisner, or Chu-Liu-Edmonds in float64)."""
-        return self.kbest(1)[0][:, 0]
+        """The best tree: heads [B, L+1] long (Eisner, or ``mst.best_trees``: the batch's greedy
+        heads where they are trees, Chu-Liu-Edmonds in float64 elsewhere; no log Z needed).
+        ValueError for a sentence without any tree."""
+        if self.projective:
+            return self.kbest(1)[0][:, 0]
+        heads, found = mst.best_trees(self.parts["arc"], self.word_lengths, self.single_root)
+        if not bool(found.all()):
+            raise ValueError(f"batch row {int((~found).nonzero()[0])}: no dependency tree has a finite score")
+        return heads
 
     @fp32
     def kbest(self, k: int) -> tuple[Tensor, Tensor]:
@@ -174,6 +181,10 @@ class DependencyCRF(_Arcs):
         return heads, scores - self.log_partition.detach().unsqueeze(1)
 
     def _mst_kbest(self, arc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        if k == 1:
+            heads, found = mst.best_trees(arc, self.word_lengths, self.single_root)
+            score = arc_score(arc, self.word_lengths, heads).masked_fill(~found, NEG_INF)
+            return heads.unsqueeze(1), score.unsqueeze(1)
         size = arc.shape[-1]
         heads = torch.zeros((len(arc), k, size), dtype=torch.long)
         scores = torch.full((len(arc), k), NEG_INF, dtype=torch.float64)
