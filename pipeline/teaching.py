@@ -9,7 +9,9 @@ so the three can never disagree.
 
 A dependency teacher's structure is labeled (``pipeline.structs.labeled.LabeledArcs``: ``arcs`` a
 ``DependencyCRF`` or ``HeadSelection`` over scores [B, L+1, L+1], ``labels`` an ``ArcLabels``); its
-labels are the relation names, and what the store keeps of it is ``tree_targets``.
+labels are the relation names, and what the store keeps of it is ``tree_targets``. A span NER
+teacher's structure is a ``Spans`` (scores [B, L, L, E]); its labels are its BIOES labels and what
+the store keeps of it is ``span_targets``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pipeline.potentials import Constraints
-from pipeline.structs import ArcLabels, ChainCRF, DependencyCRF, Factorized, HeadSelection, Structure
+from pipeline.structs import ArcLabels, ChainCRF, DependencyCRF, Factorized, HeadSelection, Spans, Structure
 from pipeline.structs import mst
 from pipeline.structs.base import residual_mass
 
@@ -65,11 +67,13 @@ def is_labeled_tree(structure) -> bool:
 
 def decoder_name(structure: Structure) -> str:
     """The store's decoder name of a teacher's structure (``crf``, ``maxent``, ``heads``, ``tree``,
-    ``tree_projective``); ValueError for a structure the store cannot hold."""
+    ``tree_projective``, ``spans``); ValueError for a structure the store cannot hold."""
+    if structure.kind == "spans":
+        return "spans"
     if structure.kind in DECODER_KIND:
         return DECODER_KIND[structure.kind]
     if not is_labeled_tree(structure):
-        raise ValueError(f"the store holds chain, MaxEnt and labeled dependency teachers, not a "
+        raise ValueError(f"the store holds chain, MaxEnt, labeled dependency and span teachers, not a "
                          f"{structure.kind!r} structure (a parser teacher returns LabeledArcs)")
     arcs = structure.arcs
     if arcs.kind == "heads":
@@ -89,9 +93,12 @@ def stored_arcs(decoder: str, scores: Tensor, lengths: Tensor, tau: float = 1.0)
 
 
 def rounded(structure: Structure, dtype: torch.dtype) -> Structure:
-    """The structure with its potentials (a chain's emissions, a tree's arc scores) rounded to the
-    store's ``dtype`` (then float32, padding 0), so that every stored quantity is exactly the one
-    of the stored potentials."""
+    """The structure with its potentials (a chain's emissions, a tree's arc scores, a span teacher's
+    span scores) rounded to the store's ``dtype`` (then float32; padding and impossible parts 0), so
+    that every stored quantity is exactly the one of the stored potentials."""
+    if structure.kind == "spans":
+        allowed = structure.allowed.unsqueeze(-1)
+        return structure.replace(scores=structure.scores.float().to(dtype).float().masked_fill(~allowed, 0.0))
     if is_labeled_tree(structure):
         arcs = structure.arcs
         scores = arcs.scores.float().to(dtype).float().masked_fill(~arcs.allowed, 0.0)
@@ -106,7 +113,9 @@ def teacher_targets(structure: Structure, k: int, *, tau: float = 1.0,
     """The teacher quantities of a batch: ``Structure.summary(k)`` of the structure at temperature
     ``tau`` (log_z, viterbi, kbest_paths, kbest_logprob, residual_mass and, with ``with_marginals``,
     node / edge) plus ``emissions``, the untempered potentials they come from. A labeled tree
-    teacher: ``tree_targets``."""
+    teacher: ``tree_targets``; a span teacher: ``span_targets``."""
+    if structure.kind == "spans":
+        return span_targets(structure, k, tau=tau, with_marginals=with_marginals)
     if is_labeled_tree(structure):
         return tree_targets(structure.arcs, structure.labels, k, tau=tau, with_marginals=with_marginals)
     with torch.inference_mode():
@@ -169,12 +178,31 @@ def tree_targets(arcs: Structure, labels: ArcLabels, k: int, *, tau: float = 1.0
     return out
 
 
+def span_targets(spans: Spans, k: int, *, tau: float = 1.0, with_marginals: bool = True) -> dict[str, Tensor]:
+    """What the store keeps of a span teacher at temperature ``tau``: ``log_z`` [B] (semi-Markov),
+    ``viterbi`` [B, L] and ``kbest_paths`` [B, k, L] (its k best span sets as BIOES label ids),
+    ``kbest_logprob`` [B, k], ``residual_mass`` [B], with ``with_marginals`` ``node`` [B, L, 1 + 4E]
+    = its BIOES marginals (``Spans.bioes_marginals``), and ``span_scores`` [B, L, L, E], the
+    untempered potentials."""
+    with torch.no_grad():
+        tempered = spans.tempered(tau)
+        out = {"log_z": tempered.log_partition.float()}
+        if with_marginals:
+            out["node"] = tempered.bioes_marginals()
+        out["kbest_paths"], logprob = tempered.kbest(k)
+        out["viterbi"] = out["kbest_paths"][:, 0]
+        out["kbest_logprob"] = logprob.float()
+        out["residual_mass"] = residual_mass(logprob, out["log_z"], tempered.lengths)
+    out["span_scores"] = spans.scores.float()
+    return out
+
+
 def teacher_factors(structure: Structure) -> dict[str, np.ndarray]:
     """The per-teacher arrays the store keeps: the effective ``transitions`` / ``start`` / ``end``
     (float32, -inf where the scheme forbids them; zeros for a factorized teacher) and the
-    ``allowed_*`` bool masks of its constraints (all True without constraints). None for a tree
-    teacher (its decoder name rebuilds its structure)."""
-    if is_labeled_tree(structure):
+    ``allowed_*`` bool masks of its constraints (all True without constraints). None for a tree or
+    span teacher (its decoder name rebuilds its structure)."""
+    if is_labeled_tree(structure) or structure.kind == "spans":
         return {}
     num = structure.emissions.shape[-1]
     shapes = {"transitions": (num, num), "start": (num,), "end": (num,)}

@@ -29,6 +29,7 @@ from pipeline.corpus import Sentence, check_corpora, corpus_splits, read_corpus
 from pipeline.teaching import (Teacher, decoder_name, is_labeled_tree, rounded, teacher_factors,
                                teacher_targets)
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
+from store.spans import bioes_gold, span_row
 from store.trees import to_rows
 from store.writer import ShardSpec, StoreWriter
 
@@ -69,7 +70,11 @@ def teacher_meta(teacher: Teacher, lang: str, folder: str, probe: list[str],
     except ValueError as err:
         raise StoreError(f"teacher {folder}: {err}") from None
     fingerprint = teacher.fingerprint()
-    return TeacherMeta(teacher_id(folder, fingerprint), lang, list(teacher.labels), teacher.scheme,
+    spans = decoder == "spans"  # a span teacher is stored over its BIOES labels
+    labels = structure.labels_bioes if spans else teacher.labels
+    if labels is None:
+        raise StoreError(f"teacher {folder}: its Spans names no BIOES labels (labels_bioes)")
+    return TeacherMeta(teacher_id(folder, fingerprint), lang, list(labels), "BIOES" if spans else teacher.scheme,
                        decoder, fingerprint, options.k, options.tau, folder, arrays)
 
 
@@ -101,7 +106,8 @@ def annotate_batch(teacher: Teacher, meta: TeacherMeta, sentences: list[Sentence
     The teacher's forward pass runs under ``precision`` (pipeline/precision.py; its dynamic programs
     in fp32). Its potentials (emissions, arc scores) are rounded to the storage dtype first, so every
     stored quantity is exactly the one of the stored potentials (store/README.md, "Precision"). A
-    tree teacher's rows hold heads (1-based, 0 = the root) and relation ids of words 1..L."""
+    tree teacher's rows hold heads (1-based, 0 = the root) and relation ids of words 1..L; a span
+    teacher's rows BIOES label ids, its gold the BIOES labels of the corpus gold's span set."""
     tokens = [s.tokens for s in sentences]
     with autocast(precision, structure_device(teacher)):
         structure = teacher.structure(tokens)
@@ -139,6 +145,9 @@ def annotate_batch(teacher: Teacher, meta: TeacherMeta, sentences: list[Sentence
                        relations=out["relations"][b, 1:n + 1], rel=out["rel"][b, 1:n + 1],
                        arc_scores=to_rows(out["arc_scores"][b], n),
                        **({"arc": to_rows(out["arc"][b], n)} if "arc" in out else {}))
+        elif meta.is_span:
+            row.update(span_row(out, b, n))
+            gold = bioes_gold(gold)
         else:
             row.update(viterbi=out["viterbi"][b, :n], kbest_paths=out["kbest_paths"][b, :, :n],
                        emissions=out["emissions"][b, :n])

@@ -20,7 +20,7 @@ from store.checks import check_k, check_store, check_verified, open_checked, ver
 from store.reader import Store
 from store.schema import StoreError, table_path
 from store.stream import KBEST_FIELDS, Batch, StoreStream
-from store.stream_trees import teacher_kind
+from store.stream_spans import SPAN_FIELDS, teacher_kind
 
 
 def stream_fields(fields: tuple[str, ...]) -> tuple[str, ...]:
@@ -91,9 +91,9 @@ class OnlineTeacher:
             raise StoreError(f"--online-teacher compares with a single-teacher store; {store.url} has "
                              f"{sorted(store.teachers)}")
         self.meta = next(iter(store.teachers.values()))
-        if self.meta.is_tree:
+        if self.meta.is_tree or self.meta.is_span:
             raise StoreError(f"--online-teacher compares sequence-labeling teachers; {store.url} holds "
-                             f"the dependency teacher {self.meta.id}")
+                             f"the {self.meta.decoder} teacher {self.meta.id}")
         self.tagger = Tagger.load(folder, device)
         if self.tagger.labels != self.meta.labels:
             raise StoreError(f"online teacher {folder}: labels {self.tagger.labels} != the store's "
@@ -128,7 +128,8 @@ def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillDat
     """The store ``cfg.store`` as DistillData: splits train (+ unlabeled unless the method is the
     gold-only ``none`` or ``use_unlabeled`` is off), dev and test rows, the stream at ``cfg.kd.k`` /
     ``cfg.kd.tau`` (refused when the store keeps fewer paths). With ``cfg.head_encoding`` (a tagger
-    student of a dependency-teacher store) the student's labels are ``cfg.labels``."""
+    student of a dependency-teacher store) the student's labels are ``cfg.labels``. A store of span
+    teachers trains a maxent or crf tagger over their BIOES labels (store/stream_spans.py)."""
     store = open_checked(cfg.store)
     labels, scheme = check_store(store, None if cfg.head_encoding else cfg.labels)
     check_verified(store)
@@ -141,8 +142,18 @@ def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillDat
                              "a tagger's labels; this store's teachers are sequence labelers")
         labels, scheme = cfg.labels or encoded_labels(store, splits, cfg.head_encoding), "none"
     kinds = frozenset(teacher_kind(t, cfg.head_encoding) for t in store.teachers.values())
+    spans = "spans" in kinds
+    if spans and cfg.model.decoder.kind not in ("maxent", "crf"):
+        raise StoreError(f"{cfg.store}: a span-teacher store trains a BIOES tagger (decoder maxent or crf), "
+                         f"not a {cfg.model.decoder.kind} student")
 
     def stream(fields: tuple[str, ...], featurize, world: World) -> StoreStream:
+        missing = sorted(set(stream_fields(fields)) - set(SPAN_FIELDS)) if spans else []
+        if missing:
+            raise StoreError(f"{cfg.store}: KD objective '{cfg.kd.method}' needs {missing} of the teacher for "
+                             f"a {cfg.model.decoder.kind} student, which a span-teacher store does not hold "
+                             "(it keeps BIOES node marginals and k-best paths: use none, structural or "
+                             "posterior with a maxent student, none or posterior with a crf student)")
         return StoreStream(store, splits, fields=stream_fields(fields), k=cfg.kd.k,
                            batch_tokens=cfg.batch_tokens, shuffle_buffer=cfg.shuffle_buffer,
                            seed=cfg.optim.seed, labels=labels, tau=cfg.kd.tau, featurize=featurize,

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from store.schema import (ARC_ARRAYS, EDGE_OFFSETS, TABLE_SCHEMA, TOKEN_OFFSETS, TREE_DECODERS, StoreOptions,
-                          TeacherMeta, stored_arrays)
+from store.schema import (ARC_ARRAYS, EDGE_OFFSETS, SPAN_DECODERS, TABLE_SCHEMA, TOKEN_OFFSETS, TREE_DECODERS,
+                          StoreOptions, TeacherMeta, stored_arrays)
+from store.spans import span_arrays
 from store.tensors import edge_offsets, offsets_of
 from store.trees import tree_arrays
 
@@ -71,13 +72,15 @@ def sentence_dict(columns: dict[str, Column], arrays: dict[str, tuple[np.ndarray
         out[name] = flat[offsets[row]:offsets[row + 1]]
         if name in ARC_ARRAYS:
             out[name] = out[name].reshape(out["length"], out["length"] + 1)
+        elif name == "span_scores":
+            out[name] = out[name].reshape(out["length"], out["length"], -1)
     if teacher.is_tree:
         for name in ("gold_heads", "relations"):
             value = columns[name].row(row)
             out[name] = None if value is None else value.astype(np.int64)
         upos = columns["upos"].row(row)
         out["upos"] = None if upos is None else np.asarray(upos, dtype=str)
-    else:
+    elif not teacher.is_span:
         for name in ("transitions", "start", "end"):
             out[name] = teacher.arrays[name]
     return out
@@ -141,6 +144,8 @@ def shard_arrays(rows: list[dict], options: StoreOptions, decoder: str) -> dict[
     arrays = {TOKEN_OFFSETS: offsets}
     if decoder in TREE_DECODERS:
         return {**arrays, **tree_arrays(rows, options, decoder, offsets)}
+    if decoder in SPAN_DECODERS:
+        return {**arrays, **span_arrays(rows, options, decoder, offsets)}
     names = stored_arrays(decoder, options.tensors)
     for name in names:
         arrays[name] = np.concatenate([np.asarray(r[name]) for r in rows]).astype(dtype)

@@ -16,9 +16,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from store.frame import build_frame, list_column, sentence_dict
 from store.schema import (ARC_ARRAYS, ARC_OFFSETS, FORMAT, MANIFEST, OLD_COLUMNS, SCHEMA_VERSION,
-                          TABLE_COLUMNS, TABLE_SCHEMA, TOKEN_OFFSETS, TREE_COLUMNS, StoreError, StoreOptions, StoreWarning,
+                          SPAN_OFFSETS, TABLE_COLUMNS, TABLE_SCHEMA, TOKEN_OFFSETS, TREE_COLUMNS, StoreError,
+                          StoreOptions, StoreWarning,
                           TeacherMeta, check_relpath, check_shard_id, manifest_state, modified_message,
                           parse_sid, stored_arrays, table_path, teacher_arrays, teacher_path, tensor_path)
+from store.spans import num_types, recompute_spans, span_offsets
 from store.tensors import edge_offsets, recompute
 from store.trees import arc_offsets, recompute_arcs
 
@@ -155,32 +157,43 @@ class Store:
         info = self.shard_info(shard)
         group = self._group(tensor_path(shard))
         names = stored_arrays(self._decoder(shard), self.options.tensors)
-        names = (TOKEN_OFFSETS,) + ((ARC_OFFSETS,) if "arc_scores" in names else ()) + names
+        names = (TOKEN_OFFSETS,) + ((ARC_OFFSETS,) if "arc_scores" in names else ()) \
+            + ((SPAN_OFFSETS,) if "span_scores" in names else ()) + names
         try:
             out = {name: group[name][...] for name in names}
         except (KeyError, ValueError, OSError) as err:
             raise StoreError(f"{self.url}: shard {shard}: unreadable tensors: {err}") from None
         offsets = out[TOKEN_OFFSETS]
-        per_token = out["rel"] if "rel" in out else out["emissions"]
+        per_token = next((out[n] for n in ("rel", "emissions", "node") if n in out), None)
         if len(offsets) != info["rows"] + 1 or offsets[0] != 0 or offsets[-1] != info["tokens"] \
-                or np.any(np.diff(offsets) < 1) or len(per_token) != info["tokens"]:
+                or np.any(np.diff(offsets) < 1) or (per_token is not None and len(per_token) != info["tokens"]):
             raise StoreError(f"{self.url}: shard {shard}: offsets do not match {info['rows']} sentences "
                              f"/ {info['tokens']} tokens in the manifest")
         arcs = out.get(ARC_OFFSETS)
         if arcs is not None and not (np.array_equal(arcs, arc_offsets(np.diff(offsets)))
                                      and all(len(out[n]) == arcs[-1] for n in ARC_ARRAYS if n in out)):
             raise StoreError(f"{self.url}: shard {shard}: arc offsets do not match the sentence lengths")
+        cells = out.get(SPAN_OFFSETS)
+        teacher = self.teachers[self.shard_info(shard)["teacher"]]
+        if cells is not None and not (np.array_equal(cells, span_offsets(np.diff(offsets), num_types(teacher)))
+                                      and len(out["span_scores"]) == cells[-1]):
+            raise StoreError(f"{self.url}: shard {shard}: span offsets do not match the sentence lengths")
         return out
 
     def read_arrays(self, shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``name -> (flat float32 array, int64 offsets)``: a chain shard's emissions, node and edge
         (node and edge recomputed from the emissions when the store keeps potentials only); a tree
-        shard's arc_scores and arc (1-D, on the arc offsets; arc recomputed likewise) and rel."""
+        shard's arc_scores and arc (1-D, on the arc offsets; arc recomputed likewise) and rel; a span
+        shard's span_scores (1-D, on the span offsets) and BIOES node marginals (recomputed likewise)."""
         stored = self.read_stored(shard)
         offsets = stored[TOKEN_OFFSETS]
         teacher = self.teachers[self.shard_info(shard)["teacher"]]
         flat = {name: stored[name].astype(np.float32)
                 for name in stored_arrays(teacher.decoder, self.options.tensors)}
+        if teacher.is_span:
+            if "node" not in flat:
+                flat.update(recompute_spans(teacher, {**stored, "span_scores": flat["span_scores"]}))
+            return {"span_scores": (flat["span_scores"], stored[SPAN_OFFSETS]), "node": (flat["node"], offsets)}
         if teacher.is_tree:
             if "arc" not in flat:
                 flat.update(recompute_arcs(teacher, {**stored, "arc_scores": flat["arc_scores"]}))

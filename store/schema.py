@@ -20,7 +20,8 @@ CHAIN_DECODERS = ("crf", "maxent")
 # Tree teachers (store/README.md, "Trees"): HeadSelection, DependencyCRF (matrix-tree), projective
 # DependencyCRF (Eisner); every one single-root. pipeline/teaching.py TREE_DECODERS builds them.
 TREE_DECODERS = ("heads", "tree", "tree_projective")
-DECODERS = CHAIN_DECODERS + TREE_DECODERS
+SPAN_DECODERS = ("spans",)  # span NER teachers (store/README.md, "Spans"): pipeline.structs.Spans
+DECODERS = CHAIN_DECODERS + TREE_DECODERS + SPAN_DECODERS
 
 MANIFEST = "manifest.json"
 TABLE_DIR = "table"
@@ -45,17 +46,23 @@ TEACHER_ARRAYS = ("transitions", "start", "end", "allowed_transitions", "allowed
 ARC_OFFSETS = "arc_offsets"
 ARC_ARRAYS = ("arc_scores", "arc")  # the 1-D arrays on ARC_OFFSETS
 TREE_STORED_ARRAYS = {"potentials": ("arc_scores", "rel"), "full": ("arc_scores", "arc", "rel")}
+# Span shards: span potentials [L, L, E] per sentence flattened to 1-D with their own offsets (a
+# sentence owns L * L * E values); BIOES node marginals [L, 1 + 4E] on TOKEN_OFFSETS (full only).
+SPAN_OFFSETS = "span_offsets"
+SPAN_STORED_ARRAYS = {"potentials": ("span_scores",), "full": ("span_scores", "node")}
 
 
 def stored_arrays(decoder: str, tensors: str) -> tuple[str, ...]:
     """The Zarr arrays (besides the offsets) a shard of a teacher with ``decoder`` holds."""
+    if decoder in SPAN_DECODERS:
+        return SPAN_STORED_ARRAYS[tensors]
     return (TREE_STORED_ARRAYS if decoder in TREE_DECODERS else STORED_ARRAYS)[tensors]
 
 
 def teacher_arrays(decoder: str) -> tuple[str, ...]:
-    """The arrays of a teacher's Zarr group: a chain's factors; none for a tree teacher (its decoder
-    name says everything a reader needs to rebuild its structure)."""
-    return () if decoder in TREE_DECODERS else TEACHER_ARRAYS
+    """The arrays of a teacher's Zarr group: a chain's factors; none for a tree or span teacher (its
+    decoder name says everything a reader needs to rebuild its structure)."""
+    return () if decoder in TREE_DECODERS + SPAN_DECODERS else TEACHER_ARRAYS
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _SHARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]+\.[0-9]{5,}")
@@ -201,7 +208,8 @@ class TeacherMeta:
     """One teacher of a store. ``transitions``/``start``/``end`` are the effective potentials the
     stored quantities were computed from: -inf marks a factor the tag scheme forbids (CRF); zeros for a
     MaxEnt teacher, whose constraints (``allowed_*``) only restrict its k-best and Viterbi paths.
-    A tree teacher (``decoder`` in TREE_DECODERS) has no arrays and ``labels`` = its relation names."""
+    A tree teacher (``decoder`` in TREE_DECODERS) has no arrays and ``labels`` = its relation names;
+    a span teacher (SPAN_DECODERS) has no arrays and ``labels`` = its BIOES labels."""
 
     id: str
     lang: str
@@ -234,6 +242,11 @@ class TeacherMeta:
     def is_tree(self) -> bool:
         """A dependency teacher: labels are its relation names, paths are head vectors."""
         return self.decoder in TREE_DECODERS
+
+    @property
+    def is_span(self) -> bool:
+        """A span NER teacher: labels are its BIOES labels (O, then B/I/E/S of each type), paths BIOES."""
+        return self.decoder in SPAN_DECODERS
 
     def to_json(self) -> dict:
         return {"lang": self.lang, "labels": list(self.labels), "scheme": self.scheme,

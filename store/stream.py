@@ -10,7 +10,8 @@ random half of them. Resident memory: one shard per worker + the buffer, whateve
 
 Node / edge marginals of a ``potentials`` store are recomputed per batch from the stored emissions
 (exact, see store/README.md); a ``full`` store's stored marginals are used as they are. A store of
-dependency teachers: store/stream_trees.py (arc / rel targets, or a tagger's via ``head_encoding``).
+dependency teachers: store/stream_trees.py (arc / rel targets, or a tagger's via ``head_encoding``);
+of span teachers: store/stream_spans.py (a BIOES tagger's node targets).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from store.checks import check_k, check_store, open_checked, verify_files
 from store.frame import list_column
 from store.reader import Store
 from store.schema import ARC_ARRAYS, ARC_OFFSETS, TOKEN_OFFSETS, StoreError
-from store.stream_trees import (KBEST_FIELDS, TENSOR_FIELDS, TREE_FIELDS, TreeCollate, stream_layout, teacher_kind,
-                                tree_hard)
+from store.stream_spans import SpanCollate, span_layout, teacher_kind
+from store.stream_trees import KBEST_FIELDS, TENSOR_FIELDS, TREE_FIELDS, TreeCollate, stream_layout, tree_hard
 from store.tensors import edge_offsets, teacher_structure
 
 ALL_FIELDS = TENSOR_FIELDS + KBEST_FIELDS  # a chain store's; a tree store's: TREE_FIELDS + KBEST_FIELDS
@@ -88,7 +89,8 @@ class StoreStream(IterableDataset):
     the student's ``featurize(tokens) -> dict of tensors``, run per batch where the batch is made
     (loader workers), so the training thread only runs tensors. head_encoding: a tagger student
     (``labels`` its labels) of a dependency-teacher store gets node targets over its labels
-    (``rel_pos`` | ``rel_offset``, store/stream_trees.py).
+    (``rel_pos`` | ``rel_offset``, store/stream_trees.py). A store of span teachers gives a tagger
+    over their BIOES labels ``node`` and the k-best fields (store/stream_spans.py).
     """
 
     def __init__(self, store: str | Store, splits: list[str] | tuple[str, ...], *,
@@ -114,15 +116,18 @@ class StoreStream(IterableDataset):
         self.splits = list(splits)
         self.teacher_ids = sorted(self.store.teachers)
         metas = [self.store.teachers[t] for t in self.teacher_ids]
-        self.tree, fields = stream_layout(self.store.url, metas, fields, head_encoding, labels, self.tau)
+        span_fields = span_layout(self.store.url, metas, fields, head_encoding)
+        self.tree, fields = (False, span_fields) if span_fields is not None else \
+            stream_layout(self.store.url, metas, fields, head_encoding, labels, self.tau)
         self.fields = tuple(f for f in ALL_FIELDS + TREE_FIELDS if f in fields)
         self.trees = TreeCollate(metas, self.fields, self.tau, head_encoding, labels) if self.tree else None
+        self.spans = SpanCollate(metas, self.fields, self.tau) if span_fields is not None else None
         self.k, self.batch_tokens, self.max_sentences = k, batch_tokens, max_sentences
         self.shuffle_buffer, self.seed, self.verify = shuffle_buffer, seed, verify
         self.rank, self.world_size = rank, world_size
         self.featurize = featurize
         self.epoch = 0
-        self.factors = {} if self.tree else {  # a chain teacher's factors, per teacher
+        self.factors = {} if self.tree or self.spans else {  # a chain teacher's factors, per teacher
             name: torch.from_numpy(np.stack([np.asarray(m.arrays[name], dtype=np.float32) for m in metas]))
             for name in ("transitions", "start", "end")}
         self.is_crf = torch.tensor([m.is_crf for m in metas])
@@ -216,6 +221,10 @@ class StoreStream(IterableDataset):
 
     def _tensors(self, shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The shard's stored ragged arrays this stream needs, as stored (float16 stays float16)."""
+        if self.spans:
+            names = self.spans.stored_names(self.store.options.tensors == "full")
+            stored = self.store.read_stored(shard) if names else {}
+            return {n: (stored[n], self.spans.offsets(n, stored)) for n in names}
         if self.tree:
             names = self.trees.stored_names(self.store.options.tensors == "full")
             stored = self.store.read_stored(shard) if names else {}
@@ -241,6 +250,8 @@ class StoreStream(IterableDataset):
         teacher_idx = torch.tensor([it["teacher"] for it in items])
         if self.tree:
             out, hard = self.trees(items, teacher_idx)
+        elif self.spans:
+            out, hard = self.spans(items, teacher_idx), _pad_ints([it["hard"] for it in items], longest)
         else:
             out = self._chain_targets(items, mask, teacher_idx)
             hard = _pad_ints([it["hard"] for it in items], longest)

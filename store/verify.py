@@ -18,6 +18,7 @@ from store.schema import (ARC_OFFSETS, MARKER_DIR, TABLE_DIR, TEACHER_DIR, TENSO
                           teacher_entry_problems, teacher_path, tensor_path)
 from store.tensors import DP_TOL, QUANTUM, edge_offsets, recompute
 from store.verify_kbest import gold_ids_agree, kbest_columns, kbest_problems
+from store.verify_spans import span_checker
 from store.verify_trees import tree_references, tree_sentence
 
 
@@ -131,12 +132,15 @@ def check_rows(shard: str, info: dict, teacher: TeacherMeta, options: StoreOptio
                stored: dict[str, np.ndarray], max_problems: int = 10) -> list[str]:
     """Invariants of every sentence of one shard (``info``: its corpus, split, first_index) from its
     Parquet rows and stored arrays, recomputed from the stored potentials (a tree teacher's:
-    store/verify_trees.py). ``check_shard`` runs it on a shard as read back;
-    ``StoreWriter.write_shard`` on the rows it is about to commit."""
+    store/verify_trees.py, a span teacher's: store/verify_spans.py). ``check_shard`` runs it on a
+    shard as read back; ``StoreWriter.write_shard`` on the rows it is about to commit."""
     cols = {name: list_column(table, name) for name in table.column_names}
     offsets = stored[TOKEN_OFFSETS]
     try:  # the teacher computation may refuse these potentials (e.g. a k-best sum > 1)
-        sentence = (_tree_checker if teacher.is_tree else _chain_checker)(teacher, stored, cols, options)
+        if teacher.is_span:
+            sentence = span_checker(teacher, stored, cols, options.tensors == "full", _stored_tolerance(options))
+        else:
+            sentence = (_tree_checker if teacher.is_tree else _chain_checker)(teacher, stored, cols, options)
     except ValueError as err:
         return [f"shard {shard}: the teacher outputs cannot be recomputed from its stored potentials: {err}"]
     problems = []
