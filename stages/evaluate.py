@@ -25,7 +25,6 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
     corpora, or a corpus with none of the splits is refused (it would score nothing, silently)."""
     from pipeline.corpus import check_corpora, corpus_splits, read_corpus  # torch: only when run
     from pipeline.hf_teacher import load_any_teacher
-    from pipeline.metrics import evaluate_tags
     from pipeline.parse_train import parse_sentences
     from pipeline.trainer import predict, resolve_device
     from pipeline.tree_eval import model_tree_kind
@@ -61,8 +60,7 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
             if tree_kind is not None:
                 result = tree_scores(tagger, tree_kind, sentences, pred, f"{section}.corpora: {corpus.name}")
             else:
-                scheme = "none" if corpus.scheme == "none" else tagger.scheme
-                result = evaluate_tags([s.labels for s in sentences], pred, scheme)
+                result = tag_scores(tagger, corpus, sentences, pred)
             scores[f"{corpus.name}/{split}"] = {
                 "lang": corpus.lang, **result, "seconds": seconds,
                 "sentences_per_s": len(sentences) / max(seconds, 1e-9)}
@@ -71,6 +69,23 @@ def evaluate_models(cfg: EvaluateConfig, section: str = "evaluate") -> dict:
             f"{k} {v.get('f1', v.get('accuracy', v.get('las', 0))):.4f} ({v['sentences_per_s']:.0f} sent/s)"
             for k, v in scores.items()))
     return results
+
+
+def tag_scores(model, corpus, sentences: list, pred: list) -> dict:
+    """Entity P/R/F1 (or accuracy) of a tagger's labels, in the tagger's scheme: gold labels in
+    another scheme (a BIOES student of a span teacher on an IOB2 corpus) are re-encoded in it first,
+    as distill scores them."""
+    from pipeline.corpus import effective_scheme
+    from pipeline.metrics import evaluate_tags
+    from pipeline.schemes import convert, normalize_scheme
+
+    gold = [s.labels for s in sentences]
+    if corpus.scheme == "none":
+        return evaluate_tags(gold, pred, "none")
+    source, scheme = effective_scheme(corpus, sentences), normalize_scheme(model.scheme)
+    if "none" not in (source, scheme) and source != scheme:
+        gold = [convert(labels, source, scheme) for labels in gold]
+    return evaluate_tags(gold, pred, scheme)
 
 
 def tree_scores(model, kind: str, sentences: list, pred, where: str) -> dict:

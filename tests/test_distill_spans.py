@@ -107,3 +107,30 @@ def test_structural_loss_is_the_cross_entropy_with_the_teachers_bioes_marginals(
             log_q = structure.emissions[b, :n].float().log_softmax(-1)
             expected = -(target * log_q).sum()
             assert float(loss[b]) == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
+
+
+def test_evaluate_scores_a_bioes_student_on_the_iob2_corpus_as_distill_does(span_store, tmp_path):
+    """`structkd evaluate` re-encodes the corpus's IOB2 gold in the student's BIOES scheme: the same
+    support, predictions and F1 as distill's own test metrics (before, IOB2 gold read as strict
+    BIOES had no entities and every student scored 0)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    cfg = distill_cfg(span_store[0], tmp_path / "run", "none", "crf")
+    metrics = Distiller(cfg, store_data(cfg)).run(progress=False)
+    corpus_files = {s: str(span_store[0].parent / "corpus" / f"{s}.conll") for s in ("train", "dev", "test")}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {
+        "corpora": [{"name": "tiny", "lang": "en", "scheme": "IOB2", "files": corpus_files}],
+        "splits": ["test"], "out": str(tmp_path / "eval.json"), "device": "cpu"}}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["evaluate", "--params", str(params), "--model",
+                                      f"student={tmp_path / 'run' / 'model'}"])
+    assert result.exit_code == 0, result.output
+    got = json.loads((tmp_path / "eval.json").read_text())["student"]["tiny/test"]
+    want = metrics["test"]["all"]
+    assert got["support"] == want["support"] > 0 and got["predicted"] == want["predicted"]
+    assert got["f1"] == pytest.approx(want["f1"])
