@@ -112,11 +112,23 @@ def gold_training(model: torch.nn.Module, optim: OptimConfig, name: str, train: 
     return loop, loop.run(progress)
 
 
-def epoch_history(loop: Loop, has_dev: bool, extra: Sequence[str] = ()) -> list[dict]:
-    """The JSON-able per-epoch records of a gold training: epoch, steps, train_loss (and the
-    ``extra`` losses), sentences_per_s, seconds, dev and dev_score when there is a dev set."""
-    return [{"epoch": r["epoch"], "steps": r["steps"], "train_loss": r.get("loss", 0.0),
-             **{key: r.get(key, 0.0) for key in extra},
-             "sentences_per_s": r["sentences"] / max(r["wall_s"], 1e-9), "seconds": r["wall_s"],
-             **({"dev": r["dev"], "dev_score": r["dev_score"]} if has_dev else {})}
-            for r in loop.records]
+def training_sentences(train: list) -> list:
+    """The non-empty sentences of ``train``; ValueError when there are none."""
+    train = [s for s in train if s.tokens]
+    if not train:
+        raise ValueError("no non-empty training sentences")
+    return train
+
+
+def gold_history(loop: Loop, best: dict, has_dev: bool, extra: Sequence[str] = (), **fields) -> dict:
+    """The JSON-able history of a gold training: ``fields`` (labels, scheme, ...), ``steps``,
+    ``best_epoch``, ``best_dev_score``, ``still_rising`` and ``epochs`` (per epoch: epoch, steps,
+    train_loss and the ``extra`` losses, sentences_per_s, seconds, dev and dev_score)."""
+    epochs = [{"epoch": r["epoch"], "steps": r["steps"], "train_loss": r.get("loss", 0.0),
+               **{key: r.get(key, 0.0) for key in extra},
+               "sentences_per_s": r["sentences"] / max(r["wall_s"], 1e-9), "seconds": r["wall_s"],
+               **({"dev": r["dev"], "dev_score": r["dev_score"]} if has_dev else {})}
+              for r in loop.records]
+    return {**fields, "steps": loop.steps, "best_epoch": best["epoch"] if has_dev else None,
+            "best_dev_score": best["score"] if has_dev else None, "still_rising": best["still_rising"],
+            "epochs": epochs}

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from pipeline.attachment import attachment_scores
 from pipeline.config import DecoderConfig, TeacherConfig
-from pipeline.gold_loop import batched_inference, epoch_history, gold_training
+from pipeline.gold_loop import batched_inference, gold_history, gold_training, training_sentences
 from pipeline.loop import Step
 from pipeline.parser import Parser, build_parser
 from pipeline.structs import mst
@@ -111,9 +111,7 @@ def train_parser(cfg: TeacherConfig, train: list, dev: list, progress: bool = Tr
     optim = cfg.optim
     seed_everything(optim.seed)
     device = resolve_device(cfg.device)
-    train = [s for s in train if s.tokens]
-    if not train:
-        raise ValueError("no non-empty training sentences")
+    train = training_sentences(train)
     dev = [s for s in dev if s.tokens]
     check_gold(train, cfg.model.decoder)
     check_gold(dev, DecoderConfig(kind="heads"))  # dev is only scored: any head vector will do
@@ -134,8 +132,6 @@ def train_parser(cfg: TeacherConfig, train: list, dev: list, progress: bool = Tr
 
     loop, best = gold_training(parser, optim, cfg.name, train, step, evaluate,
                                lambda r: f"dev UAS {r['dev']['uas']:.4f} LAS {r['dev']['las']:.4f}", progress)
-    history: dict = {"labels": labels, "decoder": cfg.model.decoder.kind, "steps": loop.steps,
-                     "best_epoch": best["epoch"] if dev else None,
-                     "best_dev_score": best["score"] if dev else None, "still_rising": best["still_rising"],
-                     "epochs": epoch_history(loop, bool(dev), ("arc_loss", "rel_loss"))}
+    history = gold_history(loop, best, bool(dev), ("arc_loss", "rel_loss"), labels=labels,
+                           decoder=cfg.model.decoder.kind)
     return parser, history

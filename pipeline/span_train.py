@@ -16,12 +16,11 @@ from torch import Tensor
 
 from pipeline.config import TeacherConfig
 from pipeline.corpus import Sentence, effective_scheme
-from pipeline.gold_loop import epoch_history, gold_training
+from pipeline.gold_loop import gold_history, gold_training, training_sentences
 from pipeline.loop import Step
-from pipeline.metrics import evaluate_tags, main_score
 from pipeline.schemes import spans
 from pipeline.span_model import SpanTagger, build_span_tagger
-from pipeline.trainer import check_labels, predict, resolve_device, seed_everything, training_labels
+from pipeline.trainer import check_labels, dev_scorer, resolve_device, seed_everything, training_labels
 
 
 def check_widths(sentences: list[Sentence], max_width: int | None) -> None:
@@ -51,9 +50,7 @@ def train_span_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sente
     optim = cfg.optim
     seed_everything(optim.seed)
     device = resolve_device(cfg.device)
-    train = [s for s in train if s.tokens]
-    if not train:
-        raise ValueError("no non-empty training sentences")
+    train = training_sentences(train)
     scheme = effective_scheme(cfg.corpus, train)
     check_labels(train, scheme)
     check_widths(train, cfg.model.decoder.max_span_width)
@@ -64,16 +61,7 @@ def train_span_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sente
         losses = span_losses(model, sents)
         return Step(losses.mean(), {"loss": losses.detach().mean()}, len(sents))
 
-    def evaluate():
-        if not dev:
-            return None
-        result = evaluate_tags([s.labels for s in dev], predict(model, dev, optim.batch_size), scheme)
-        return main_score(result), result
-
-    loop, best = gold_training(model, optim, cfg.name, train, step, evaluate,
+    loop, best = gold_training(model, optim, cfg.name, train, step, dev_scorer(model, dev, scheme, optim.batch_size),
                                lambda record: f"dev F1 {record['dev_score']:.4f}", progress)
-    history: dict = {"labels": labels, "scheme": scheme, "decoder": cfg.model.decoder.kind, "steps": loop.steps,
-                     "best_epoch": best["epoch"] if dev else None,
-                     "best_dev_score": best["score"] if dev else None, "still_rising": best["still_rising"],
-                     "epochs": epoch_history(loop, bool(dev))}
+    history = gold_history(loop, best, bool(dev), labels=labels, scheme=scheme, decoder=cfg.model.decoder.kind)
     return model, history

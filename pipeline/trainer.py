@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import TeacherConfig
 from pipeline.corpus import Sentence, effective_scheme
-from pipeline.gold_loop import batched_inference, epoch_history, gold_training
+from pipeline.gold_loop import batched_inference, gold_history, gold_training, training_sentences
 from pipeline.kd.nll import nll
 from pipeline.loop import Step
 from pipeline.metrics import evaluate_tags, main_score
@@ -62,6 +62,17 @@ def predict(tagger: Tagger, sentences: list, batch_size: int = 32) -> list[list[
     return out
 
 
+def dev_scorer(model, dev: list[Sentence], scheme: str, batch_size: int):
+    """The ``evaluate`` of a tagging model's gold training: (main score, metrics) of its labels on
+    ``dev`` (entity F1, or accuracy for scheme none), or None without a dev set."""
+    def evaluate():
+        if not dev:
+            return None
+        result = evaluate_tags([s.labels for s in dev], predict(model, dev, batch_size), scheme)
+        return main_score(result), result
+    return evaluate
+
+
 def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
                  progress: bool = True) -> tuple[Tagger, dict]:
     """Train a tagger on gold labels; returns it (best dev weights) and a JSON-able history:
@@ -70,9 +81,7 @@ def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
     optim = cfg.optim
     seed_everything(optim.seed)
     device = resolve_device(cfg.device)
-    train = [s for s in train if s.tokens]
-    if not train:
-        raise ValueError("no non-empty training sentences")
+    train = training_sentences(train)
     scheme = effective_scheme(cfg.corpus, train)
     check_labels(train, scheme)
     labels = training_labels(train, scheme)
@@ -83,16 +92,7 @@ def train_tagger(cfg: TeacherConfig, train: list[Sentence], dev: list[Sentence],
         losses = nll(structure, tagger.tag_ids([s.labels for s in sents]))
         return Step(losses.mean(), {"loss": losses.detach().mean()}, len(sents))
 
-    def evaluate():
-        if not dev:
-            return None
-        result = evaluate_tags([s.labels for s in dev], predict(tagger, dev, optim.batch_size), scheme)
-        return main_score(result), result
-
-    loop, best = gold_training(tagger, optim, cfg.name, train, step, evaluate,
+    loop, best = gold_training(tagger, optim, cfg.name, train, step, dev_scorer(tagger, dev, scheme, optim.batch_size),
                                lambda record: f"dev {record['dev_score']:.4f}", progress)
-    history: dict = {"labels": labels, "scheme": scheme, "steps": loop.steps,
-                     "best_epoch": best["epoch"] if dev else None,
-                     "best_dev_score": best["score"] if dev else None, "still_rising": best["still_rising"],
-                     "epochs": epoch_history(loop, bool(dev))}
+    history = gold_history(loop, best, bool(dev), labels=labels, scheme=scheme)
     return tagger, history
