@@ -131,13 +131,9 @@ def tree_argmax(arcs: Structure) -> Tensor:
     Its own argmax, each word's best head, need not be a tree."""
     if arcs.kind != "heads":
         return arcs.argmax()
-    parts = arcs.parts["arc"].detach().double().cpu().numpy()
-    heads = torch.zeros(parts.shape[:2], dtype=torch.long)
-    for row, n in enumerate(arcs.word_lengths.tolist()):
-        tree = mst.best_tree(parts[row, :n + 1, :n + 1], True)
-        if tree is None:
-            raise ValueError(f"batch row {row}: no dependency tree has a finite score")
-        heads[row, :n + 1] = torch.from_numpy(tree)
+    heads, found = mst.best_trees(arcs.parts["arc"], arcs.word_lengths, True)
+    if not bool(found.all()):
+        raise ValueError(f"batch row {int((~found).nonzero()[0])}: no dependency tree has a finite score")
     return heads.to(arcs.scores.device)
 
 
