@@ -160,10 +160,7 @@ class Parser(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Parser:
         """Rebuild a saved parser (offline: only the folder is read) on ``device``, in eval mode."""
-        meta, cfg, encoder = read_folder(folder)
-        if meta.get("architecture") != ARCHITECTURE:
-            raise ValueError(f"{folder}: not a biaffine parser folder (architecture "
-                             f"{meta.get('architecture', 'tagger')!r}); load a tagger with Tagger.load")
+        meta, cfg, encoder = read_folder(folder, (ARCHITECTURE, "biaffine parser", "load a tagger with Tagger.load"))
         parser = cls(cfg, meta["labels"], encoder)
         load_model(parser, str(Path(folder) / "model.safetensors"), strict=True)
         return parser.to(device).eval()

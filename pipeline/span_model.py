@@ -133,11 +133,8 @@ class SpanTagger(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> SpanTagger:
         """Rebuild a saved span tagger (offline: only the folder is read) on ``device``, in eval mode."""
-        meta, cfg, encoder = read_folder(folder)
-        if meta.get("architecture") != ARCHITECTURE:
-            raise ValueError(f"{folder}: not a span tagger folder (architecture "
-                             f"{meta.get('architecture', 'tagger')!r}); load it with "
-                             f"pipeline.hf_teacher.load_any_teacher")
+        meta, cfg, encoder = read_folder(
+            folder, (ARCHITECTURE, "span tagger", "load it with pipeline.hf_teacher.load_any_teacher"))
         model = cls(cfg, meta["labels"], meta["scheme"], encoder)
         load_model(model, str(Path(folder) / "model.safetensors"), strict=True)
         return model.to(device).eval()

@@ -140,13 +140,19 @@ class Tagger(nn.Module):
         return tagger.to(device).eval()
 
 
-def read_folder(folder: str | Path) -> tuple[dict, ModelConfig, WordEncoder]:
+def read_folder(folder: str | Path, architecture: tuple[str, str, str] | None = None
+                ) -> tuple[dict, ModelConfig, WordEncoder]:
     """(config.json, model config, the encoder rebuilt without pretrained weights) of a model folder
-    (a tagger's or a parser's: same format); ValueError for a format this version cannot read."""
+    (a tagger's, a parser's or a span tagger's: same format); ValueError for a format this version
+    cannot read, or, with ``architecture`` = (name in config.json, what it is, how to load the
+    others), for a folder of another architecture (a tagger's has none)."""
     folder = Path(folder)
     meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder}: unsupported model folder format {meta.get('format')!r}")
+    if architecture is not None and meta.get("architecture") != architecture[0]:
+        raise ValueError(f"{folder}: not a {architecture[1]} folder (architecture "
+                         f"{meta.get('architecture', 'tagger')!r}); {architecture[2]}")
     cfg = from_dict(ModelConfig, meta["model"])
     if cfg.encoder.kind == "transformer":
         encoder = TransformerWordEncoder(replace(cfg.encoder, name=str(folder / ENCODER_DIR)), pretrained=False)
