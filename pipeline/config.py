@@ -262,6 +262,10 @@ class FitCRFConfig:
     batch_size: int = 32  # sentences per Adam step (and per teacher forward when caching)
     seed: int = 13
     device: str = "auto"  # where the checkpoint runs; the CRF factors are fitted on the CPU
+    # which factors are kept: "dev" = those of the epoch with the best dev F1, epoch 0 (all zeros:
+    # the MaxEnt distribution under the scheme's constraints) included, ties to the later epoch;
+    # "last" = the last epoch's. Without a dev split: "last".
+    select: str = "dev"
 
 
 @dataclass

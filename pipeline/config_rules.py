@@ -121,6 +121,7 @@ RULES: dict[tuple[type, str], Any] = {
     (FitCRFConfig, "batch_size"): _AT_LEAST_1,
     (FitCRFConfig, "seed"): Range(0, 2**32 - 1),
     (FitCRFConfig, "device"): _DEVICE,
+    (FitCRFConfig, "select"): OneOf("dev", "last"),
 }
 
 

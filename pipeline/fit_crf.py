@@ -7,12 +7,13 @@ restricted to the scheme's valid sequences) on the mean gold NLL
 ``-ChainCRF(emissions, transitions, mask, start, end, constraints).log_prob(gold)``. The result is a
 ``CRFTeacher`` (pipeline/hf_teacher.py): a ChainCRF teacher, so annotate stores edge marginals and
 k-best paths of a CRF. Dev F1 of the MaxEnt teacher (constrained argmax) and of the CRF (Viterbi)
-is measured on the same cached emissions (pipeline.metrics).
+is measured on the same cached emissions (pipeline.metrics) after every epoch, and by default
+(``select: dev``) the factors of the best dev epoch are kept, epoch 0 (no fit) included.
 """
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -77,18 +78,27 @@ def chain(teacher: HFTeacher, batch: Batch, factors: dict[str, Tensor]) -> Chain
                     teacher.constraints)
 
 
-def fit_factors(teacher: HFTeacher, batches: list[Batch], *, epochs: int, lr: float,
-                seed: int) -> tuple[dict[str, Tensor], list[float]]:
+def fit_factors(teacher: HFTeacher, batches: list[Batch], *, epochs: int, lr: float, seed: int,
+                score: Callable[[dict[str, Tensor]], float] | None = None
+                ) -> tuple[dict[str, Tensor], list[float], list[float]]:
     """Adam over transitions [T, T], start / end [T] on each batch's mean gold NLL, batch order
-    shuffled every epoch. Returns the factors and the mean NLL per sentence of each epoch (epoch
-    1's is measured while the factors move away from zero). A gold path the scheme forbids is an
-    error naming its sentence, never an infinite loss."""
+    shuffled every epoch. Returns the factors, the mean NLL per sentence of each epoch (epoch 1's
+    is measured while the factors move away from zero) and ``score(factors)`` after epochs
+    0..epochs (empty without ``score``). With ``score`` the factors returned are those of the best
+    score, epoch 0 (zeros) included, ties to the later epoch; without it, the last epoch's.
+
+    Why select: the frozen emissions are fitted to the train split, so its gold NLL can pull the
+    transitions where dev F1 drops (measured on the CoNLL-2003 MiniLM checkpoint of docs/RESULTS.md:
+    dev 0.9139 before, 0.9092 after 5 epochs). A gold path the scheme forbids is an error naming
+    its sentence, never an infinite loss."""
     num = len(teacher.labels)
     factors = {"transitions": torch.zeros(num, num, requires_grad=True),
                "start": torch.zeros(num, requires_grad=True), "end": torch.zeros(num, requires_grad=True)}
     optimizer = torch.optim.Adam(factors.values(), lr=lr)
     order = torch.Generator().manual_seed(seed)
-    history = []
+    history: list[float] = []
+    scores = [] if score is None else [score(factors)]
+    best = {name: value.detach().clone() for name, value in factors.items()}
     for _ in range(epochs):
         total, count = 0.0, 0
         for b in torch.randperm(len(batches), generator=order).tolist():
@@ -103,7 +113,11 @@ def fit_factors(teacher: HFTeacher, batches: list[Batch], *, epochs: int, lr: fl
             optimizer.step()
             total, count = total + float(nll.detach().sum()), count + len(nll)
         history.append(total / max(count, 1))
-    return {name: value.detach() for name, value in factors.items()}, history
+        if score is not None:
+            scores.append(score(factors))
+        if score is None or scores[-1] >= max(scores[:-1]):
+            best = {name: value.detach().clone() for name, value in factors.items()}
+    return best, history, scores
 
 
 def dev_scores(teacher: HFTeacher, batches: list[Batch], sentences: list[Sentence], scheme: str,
@@ -139,13 +153,20 @@ def fit_crf(cfg: FitCRFConfig) -> tuple[CRFTeacher, dict]:
     dev_batches = make_batches(cache_emissions(teacher, dev, cfg.batch_size), dev_gold, cfg.batch_size)
     cached = time.perf_counter()
     before = dev_scores(teacher, dev_batches, dev, scheme) if dev else None
-    factors, history = fit_factors(teacher, train_batches, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
+
+    def dev_f1(factors: dict[str, Tensor]) -> float:
+        return main_score(dev_scores(teacher, dev_batches, dev, scheme, factors))
+
+    factors, history, curve = fit_factors(teacher, train_batches, epochs=cfg.epochs, lr=cfg.lr,
+                                          seed=cfg.seed, score=dev_f1 if dev and cfg.select == "dev" else None)
     fitted = time.perf_counter()
     after = dev_scores(teacher, dev_batches, dev, scheme, factors) if dev else None
     summary = {"checkpoint": cfg.checkpoint, "labels": teacher.labels, "scheme": teacher.scheme,
                "train_sentences": len(train), "dev_sentences": len(dev), "epochs": cfg.epochs,
                "emission_seconds": round(cached - started, 3), "fit_seconds": round(fitted - cached, 3),
-               "train_nll": history, "dev_before": before, "dev_after": after,
+               "train_nll": history, "select": cfg.select if curve else "last", "dev_f1_per_epoch": curve,
+               "best_epoch": max(range(len(curve)), key=lambda e: (curve[e], e)) if curve else cfg.epochs,
+               "dev_before": before, "dev_after": after,
                "dev_f1_before": None if before is None else main_score(before),
                "dev_f1_after": None if after is None else main_score(after)}
     return CRFTeacher(teacher, factors["transitions"], factors["start"], factors["end"]).eval(), summary

@@ -23,6 +23,7 @@ def main(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
     seed: Optional[int] = typer.Option(None, help="Random seed (batch order)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:n] for the checkpoint."),
+    select: Optional[str] = typer.Option(None, help="dev: keep the best dev epoch (0 = no fit); last."),
     metrics: Optional[Path] = typer.Option(None, help="Also write the fit metrics here (DVC)."),
 ) -> None:
     """Fit a CRF over a frozen HF teacher; report the time and the dev F1 before / after."""
@@ -32,7 +33,7 @@ def main(
     cfg = load_config(
         FitCRFConfig, params_file(params), [f"fit_crf.{teacher}"],
         {"checkpoint": checkpoint, "corpus.files.train": train, "corpus.files.dev": dev, "out": out,
-         "epochs": epochs, "lr": lr, "seed": seed, "device": device})
+         "epochs": epochs, "lr": lr, "seed": seed, "device": device, "select": select})
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise DataError(f"fit_crf.{teacher}.out: {cfg.out} is a file, not a folder")
     crf_teacher, summary = fit_crf(cfg)
@@ -42,6 +43,8 @@ def main(
         atomic_json(metrics, summary)
     before, after = summary["dev_f1_before"], summary["dev_f1_after"]
     scores = "no dev split" if before is None else f"dev {before:.4f} -> {after:.4f}"
+    if summary["dev_f1_per_epoch"]:
+        scores += f" (best epoch {summary['best_epoch']} of 0..{summary['epochs']})"
     console.print(f"fit-crf {cfg.checkpoint}: {summary['train_sentences']} train sentences, emissions "
                   f"{summary['emission_seconds']:.1f} s, fit {summary['fit_seconds']:.1f} s, {scores}; "
                   f"saved {cfg.out}")

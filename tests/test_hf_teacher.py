@@ -16,7 +16,7 @@ from pipeline.config import (AnnotateConfig, CorpusConfig, DecoderConfig, Distil
                              KDConfig, ModelConfig, OptimConfig)
 from pipeline.corpus import read_corpus
 from pipeline.windows import most_central as _most_central, windows as _windows
-from pipeline.fit_crf import FitCRFConfig, cache_emissions, fit_crf, gold_ids, make_batches
+from pipeline.fit_crf import FitCRFConfig, cache_emissions, fit_crf, fit_factors, gold_ids, make_batches
 from pipeline.hf_teacher import (CRFTeacher, HFTeacher, TeacherError, is_hf_checkpoint, load_any_teacher,
                                  looks_like_hub_name, map_labels, teacher_kind)
 from pipeline.metrics import evaluate_tags
@@ -216,7 +216,7 @@ def test_annotate_verify_distill_and_evaluate_through_the_hf_teacher(checkpoint,
 @pytest.fixture(scope="module")
 def fitted(checkpoint, corpus, root):
     cfg = FitCRFConfig(checkpoint=str(checkpoint), corpus=corpus, out=str(root / "crf"), epochs=8, lr=0.1,
-                       batch_size=8, device="cpu")
+                       batch_size=8, device="cpu", select="last")
     crf_teacher, summary = fit_crf(cfg)
     crf_teacher.save(cfg.out)
     return cfg, crf_teacher, summary
@@ -242,6 +242,36 @@ def test_fit_crf_learns_transitions(fitted, teacher, corpus):
     assert crf_teacher.transitions[allowed].abs().max() > 0.1
     assert summary["dev_sentences"] == 12 and 0.0 <= summary["dev_f1_after"] <= 1.0
     assert summary["fit_seconds"] >= 0.0 and summary["dev_before"]["sentences"] == 12
+
+
+@pytest.mark.parametrize("curve, best", [([0.5, 0.4, 0.3, 0.2], 0), ([0.1, 0.2, 0.3, 0.3], 3),
+                                         ([0.2, 0.6, 0.3, 0.1], 1)])
+def test_fit_factors_keeps_the_best_dev_epoch(teacher, corpus, curve, best):
+    """The factors returned are those scored best (epoch 0 = zeros included, ties to the later)."""
+    train = read_corpus(corpus, "train")
+    batches = make_batches(cache_emissions(teacher, train, 8), gold_ids(teacher, train), 8)
+    seen, scored = [], iter(curve)
+
+    def score(factors):
+        seen.append({name: value.detach().clone() for name, value in factors.items()})
+        return next(scored)
+
+    factors, history, scores = fit_factors(teacher, batches, epochs=3, lr=0.1, seed=1, score=score)
+    assert scores == curve and len(history) == 3
+    for name in factors:
+        assert torch.equal(factors[name], seen[best][name])
+    assert seen[0]["transitions"].abs().max() == 0 and seen[3]["transitions"].abs().max() > 0
+    last, _, none = fit_factors(teacher, batches, epochs=3, lr=0.1, seed=1)
+    assert none == [] and torch.equal(last["transitions"], seen[3]["transitions"])
+
+
+def test_fit_crf_reports_its_dev_curve(checkpoint, corpus, root):
+    cfg = FitCRFConfig(checkpoint=str(checkpoint), corpus=corpus, out=str(root / "crf-dev"), epochs=3,
+                       lr=0.1, batch_size=8, device="cpu")
+    _, summary = fit_crf(cfg)
+    curve = summary["dev_f1_per_epoch"]
+    assert summary["select"] == "dev" and len(curve) == 4 and curve[0] == summary["dev_f1_before"]
+    assert summary["dev_f1_after"] == curve[summary["best_epoch"]] == max(curve)
 
 
 def test_fitted_teacher_reloads_and_annotate_stores_its_edges(fitted, corpus, root):
@@ -304,9 +334,7 @@ def test_fit_crf_refuses_a_corpus_in_another_scheme(checkpoint, root):
 
 
 def test_fit_crf_command(checkpoint, corpus, root):
-    """`structkd fit-crf` end to end (runs once stages/cli.py registers the command)."""
-    if "fit-crf" not in {c.name for c in app.registered_commands}:
-        pytest.skip("fit-crf is not registered in stages/cli.py yet")
+    """`structkd fit-crf` end to end."""
     out, params = root / "cli-crf", root / "params.yaml"
     params.write_text("fit_crf: {en: {}}\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["fit-crf", "--params", str(params), "--checkpoint", str(checkpoint),
