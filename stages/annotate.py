@@ -76,7 +76,7 @@ def main(
     corpus: Optional[list[str]] = typer.Option(
         None, help="name=X,lang=en,format=conll,train=PATH,... (replaces the params' corpora)."),
     split: Optional[list[str]] = typer.Option(None, help="Splits to annotate (train dev test unlabeled)."),
-    out: Optional[str] = typer.Option(None, help="Store to write (local path)."),
+    out: Optional[str] = typer.Option(None, help="Store to write: local path or fsspec URL (s3://...: staged locally, uploaded per shard)."),
     k: Optional[int] = typer.Option(None, help="k-best paths stored per sentence."),
     shard_size: Optional[int] = typer.Option(None, help="Sentences per shard."),
     batch_tokens: Optional[int] = typer.Option(None, help="Word budget of one teacher batch."),

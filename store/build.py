@@ -31,7 +31,8 @@ from pipeline.teaching import (Teacher, decoder_name, is_labeled_tree, rounded, 
 from store.schema import StoreError, StoreOptions, TeacherMeta, check_name, check_split, make_sid, shard_id
 from store.spans import bioes_gold, span_row
 from store.trees import to_rows
-from store.writer import ShardSpec, StoreWriter
+from store.remote import writer_type
+from store.writer import ShardSpec
 
 OnBatch = Callable[[int, int], None]  # (sentences, words) annotated
 
@@ -232,6 +233,8 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
     written by exactly one process, atomically); after a barrier rank 0 finalizes the manifest. The
     store is the one a single process writes (same rows, same array bytes); a killed rank leaves its
     committed shards, and a rerun resumes. A second job on the store is refused by the lock.
+    ``cfg.out`` may be an fsspec URL (``s3://`` ...): every process then stages its shards locally
+    and uploads them, each marker after its files, the manifest last (store/remote.py).
     """
     world = world or world_from_env()
     device = device_for(world, cfg.device)
@@ -245,7 +248,8 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
 def _build(cfg, world, device, teachers, on_batch, on_skip, on_plan) -> dict:
     """build_store's work (see there) in an initialized world."""
     options = StoreOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StoreOptions)})
-    main = StoreWriter(cfg.out, options, mix_teachers=cfg.mix_teachers) if world.is_main else None
+    writer_cls = writer_type(cfg.out)  # an fsspec URL: staged locally, uploaded per shard (store/remote.py)
+    main = writer_cls(cfg.out, options, mix_teachers=cfg.mix_teachers) if world.is_main else None
     with main if main is not None else contextlib.nullcontext():
         error = None
         try:
@@ -272,7 +276,7 @@ def _build(cfg, world, device, teachers, on_batch, on_skip, on_plan) -> dict:
         except Exception as err:  # noqa: BLE001
             error = err
         _raise_shared(world, error)
-        writer = main or StoreWriter.attach(cfg.out, options, {m.id: m for m in metas.values()})
+        writer = main or writer_cls.attach(cfg.out, options, {m.id: m for m in metas.values()})
         mine = plan[world.rank::world.size]
         if on_plan is not None and world.is_main:
             on_plan(sum(spec.rows for spec, _ in mine))

@@ -29,8 +29,8 @@ def local_root(path: str | os.PathLike) -> Path:
     if text.startswith("file://"):
         text = text[len("file://"):]
     elif "://" in text:
-        raise StoreError(f"{text}: the store writer needs a local path or file:// URL "
-                         "(write locally, then copy the finished store to its remote location)")
+        raise StoreError(f"{text}: StoreWriter needs a local path or file:// URL (another URL: "
+                         "store.remote.RemoteStoreWriter, which build_store picks for it)")
     return Path(text)
 
 

@@ -72,7 +72,7 @@ def _entry(marker: dict) -> dict:
 
 
 class StoreWriter:
-    """Writes shards into the store at ``path`` (local), holding its lock while open (a context manager)."""
+    """Writes shards into the local store at ``path`` (a URL: store/remote.py), holding its lock while open."""
 
     def __init__(self, path: str | os.PathLike, options: StoreOptions, *, mix_teachers: bool = False):
         self.root = local_root(path)
@@ -389,8 +389,12 @@ class StoreWriter:
         files = set()
         for sid in dropped:
             files |= _own_files(sid, before.get(sid, {}).get("files", {})) | self._named(sid)
-        remove_named(self.root, files)
-        remove_named(self.root, {marker_path(sid) for sid in dropped})
+        self._remove(files)
+        self._remove({marker_path(sid) for sid in dropped})
+
+    def _remove(self, rels: set[str]) -> None:
+        """Delete the store-relative files ``rels`` of dropped shards (a remote writer: there too)."""
+        remove_named(self.root, rels)
 
     def _save_manifest(self) -> None:
         self.manifest.pop(DIGEST, None)
