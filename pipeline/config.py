@@ -277,3 +277,6 @@ class ReportConfig:
     baseline: str = "none"  # the run every KD overhead and gap is measured against
     out: str = "report.md"
     chart: str = "report.png"
+    # method -> the run names of its seeds (each a model in `evaluate` and a runs_dir folder); a
+    # method without an entry is its own single run
+    seeds: dict[str, list[str]] = field(default_factory=dict)

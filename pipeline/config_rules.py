@@ -13,7 +13,7 @@ from pipeline.config import (SPLITS, AnnotateConfig, CorpusConfig, DecoderConfig
                              EvaluateConfig, FitCRFConfig, KDConfig, OptimConfig, PrepareConfig, ReportConfig,
                              TeacherConfig)
 from pipeline.errors import ConfigError
-from pipeline.rules import Device, Each, OneOf, Range, dotted
+from pipeline.rules import Device, Each, OneOf, Range, Values, dotted
 
 
 def _schemes() -> list[str]:
@@ -113,6 +113,7 @@ RULES: dict[tuple[type, str], Any] = {
     (EvaluateConfig, "batch_size"): _AT_LEAST_1,
     (EvaluateConfig, "device"): _DEVICE,
     (ReportConfig, "methods"): Each(),
+    (ReportConfig, "seeds"): Values(Each()),  # method -> its seed runs, none listed twice
     (FitCRFConfig, "scheme"): OneOf(names=_entity_schemes, fold_case=True),
     (FitCRFConfig, "max_length"): _AT_LEAST_1,
     (FitCRFConfig, "stride"): _AT_LEAST_0,
@@ -158,10 +159,30 @@ def _check_kd(cfg: KDConfig, key: str) -> None:
                           f"{cfg.method!r}; valid: {valid}")
 
 
+def _check_report(cfg: ReportConfig, key: str) -> None:
+    """Each seeds list is non-empty and a run belongs to at most one method: a run under two
+    methods, or a method named as another method's seed, would be counted twice."""
+    owner: dict[str, str] = {}
+    for method, runs in cfg.seeds.items():
+        where = f"{dotted(key, 'seeds')}.{method}"
+        if not runs:
+            raise ConfigError(f"{where}: no runs; list the run names of the method's seeds")
+        for run in runs:
+            if run in owner:
+                raise ConfigError(f"{where}: run {run!r} is already a seed of "
+                                  f"{dotted(key, 'seeds')}.{owner[run]}; a run belongs to one method")
+            owner[run] = method
+    for method in cfg.seeds:
+        if owner.get(method, method) != method:
+            raise ConfigError(f"{dotted(key, 'seeds')}.{method}: {method!r} is also a seed run of "
+                              f"{dotted(key, 'seeds')}.{owner[method]}; a run belongs to one method")
+
+
 CHECKS: dict[type, typing.Callable[[Any, str], None]] = {
     CorpusConfig: _check_corpus,
     KDConfig: _check_kd,
     AnnotateConfig: lambda cfg, key: check_corpus_names(cfg.corpora, dotted(key, "corpora")),
     PrepareConfig: lambda cfg, key: check_corpus_names(cfg.corpora, dotted(key, "corpora")),
     EvaluateConfig: lambda cfg, key: check_corpus_names(cfg.corpora, dotted(key, "corpora")),
+    ReportConfig: _check_report,
 }

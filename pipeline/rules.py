@@ -121,6 +121,20 @@ class Each:
                 self.rule.check(item, f"{key}[{i}]" if isinstance(value, list) else f"{key}.{item}")
 
 
+class Values:
+    """Every value of a mapping obeys ``rule`` (``Values(Each())``: each value is a list without
+    repeats), checked under ``key.NAME``. ``bad`` is empty: a bad value is a bad list."""
+
+    bad = ()
+
+    def __init__(self, rule: Any) -> None:
+        self.rule = rule
+
+    def check(self, value: dict, key: str) -> None:
+        for name, item in value.items():
+            self.rule.check(item, f"{key}.{name}")
+
+
 class Device:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
 

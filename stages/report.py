@@ -11,6 +11,7 @@ import typer
 from pipeline.config import ReportConfig
 from pipeline.errors import DataError
 from pipeline.params import load_config
+from pipeline.report_stats import gap_closed, mean_or_none, mean_std, method_runs
 from stages.common import console, params_file, top_level_methods
 
 
@@ -41,67 +42,123 @@ def _speed_up(student: dict, teacher: dict | None) -> float | None:
     return rate / base if rate and base else None
 
 
-def build_rows(cfg: ReportConfig) -> list[dict]:
-    """One row per (method, corpus split): P/R/F1, gap closed, speed-up over the teacher, epoch
-    time, KD overhead.
+def _run_times(cfg: ReportConfig, run: str) -> tuple[float, float]:
+    """(median epoch seconds, seconds per 1k training sentences) of one distill run."""
+    metrics = _read_json(Path(cfg.runs_dir) / run / "metrics.json", f"distill --run {run}")
+    epoch_s = statistics.median(metrics["epoch_seconds"])
+    return epoch_s, 1000 * epoch_s / metrics["train_sentences"]
 
-    A method or the teacher missing from the evaluation is refused, not left out of the table."""
-    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
+
+def _check_scored(cfg: ReportConfig, evaluation: dict, groups: list[tuple[str, list[str]]]) -> None:
+    """The teacher and every run of every method are scored, and a method's seeds on the same
+    splits; else a DataError naming the run and the file."""
     missing = [name for name in [cfg.teacher, *cfg.methods] if name not in evaluation]
     if missing:
         raise DataError(f"{cfg.evaluate} has no scores of {missing}; it scores {sorted(evaluation)}")
+    for method, runs in groups:
+        for run in runs:
+            if run not in evaluation:
+                raise DataError(f"{cfg.evaluate} has no scores of run {run!r} (report.seeds.{method} "
+                                f"lists it); it scores {sorted(evaluation)}")
+            if set(evaluation[run]) != set(evaluation[runs[0]]):
+                raise DataError(f"{cfg.evaluate}: run {run!r} is scored on {sorted(evaluation[run])}, "
+                                f"but {runs[0]!r}, a seed of the same method "
+                                f"(report.seeds.{method}), on {sorted(evaluation[runs[0]])}")
+
+
+def build_rows(cfg: ReportConfig) -> list[dict]:
+    """One row per (method, corpus split): P/R/F1, gap closed, speed-up over the teacher, epoch
+    time, KD overhead; over a method's seeds (``report.seeds``) the mean, with the sample standard
+    deviation of the score and of the gap closed, and ``n`` the number of seeds.
+
+    A method, a seed run or the teacher missing from the evaluation is refused, not left out of
+    the table."""
+    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
+    groups = method_runs(cfg.methods, cfg.seeds)
+    _check_scored(cfg, evaluation, groups)
     teacher = evaluation[cfg.teacher]
-    epoch_seconds, per_k_sentences = {}, {}
-    for method in cfg.methods:
-        run = _read_json(Path(cfg.runs_dir) / method / "metrics.json", f"distill --run {method}")
-        epoch_seconds[method] = statistics.median(run["epoch_seconds"])
-        per_k_sentences[method] = 1000 * epoch_seconds[method] / run["train_sentences"]
-    base_time = per_k_sentences.get(cfg.baseline)
+    times = {run: _run_times(cfg, run) for _, runs in groups for run in runs}
+    runs_of = dict(groups)
+    base_runs = runs_of.get(cfg.baseline, [cfg.baseline])
+    base_time = (mean_or_none([times[run][1] for run in base_runs])
+                 if all(run in times for run in base_runs) else None)
     rows = []
-    for method in cfg.methods:
-        for key, metrics in evaluation[method].items():
-            score = _score(metrics)
-            row = {"method": method, "data": key, "precision": metrics.get("precision"),
-                   "recall": metrics.get("recall"), "score": score,
-                   "epoch_s": epoch_seconds[method],
-                   "s_per_1k": per_k_sentences[method],
-                   "overhead": per_k_sentences[method] / base_time if base_time else None,
-                   "speed_up": _speed_up(metrics, teacher.get(key))}
-            base = evaluation.get(cfg.baseline, {}).get(key)
-            if key in teacher and base is not None:
-                gap = _score(teacher[key]) - _score(base)
+    for method, runs in groups:
+        epoch_s = statistics.fmean(times[run][0] for run in runs)
+        per_k = statistics.fmean(times[run][1] for run in runs)
+        for key in evaluation[runs[0]]:
+            entries = [evaluation[run][key] for run in runs]
+            seed_scores = [_score(metrics) for metrics in entries]
+            score, std = mean_std(seed_scores)
+            row = {"method": method, "data": key, "n": len(runs), "score": score, "score_std": std,
+                   "precision": mean_or_none([m.get("precision") for m in entries]),
+                   "recall": mean_or_none([m.get("recall") for m in entries]),
+                   "epoch_s": epoch_s, "s_per_1k": per_k,
+                   "overhead": per_k / base_time if base_time else None,
+                   "speed_up": mean_or_none([_speed_up(m, teacher.get(key)) for m in entries])}
+            base = [evaluation[run][key] for run in base_runs
+                    if key in evaluation.get(run, {})]
+            if key in teacher and base and len(base) == len(base_runs):
                 row["teacher"] = _score(teacher[key])
-                row["gap_closed"] = (score - _score(base)) / gap if abs(gap) > 1e-12 else None
+                row["gap_closed"], row["gap_std"] = gap_closed(
+                    seed_scores, statistics.fmean(_score(m) for m in base), row["teacher"])
             rows.append(row)
     return rows
 
 
 def _fmt(value, spec: str, unit: str = "") -> str:
-    return "-" if value is None else format(value, spec) + unit
+    if value is None:
+        return "-"
+    text = format(value, spec)  # a mean that rounds to zero shows as 0.0%, not -0.0%
+    return (text[1:] if text.startswith("-") and not any(c in text for c in "123456789")
+            else text) + unit
+
+
+def _header(seeds: bool) -> list[str]:
+    score = ["F1/acc", "± std", "seeds"] if seeds else ["F1/acc"]
+    gap = ["gap closed", "gap ± std"] if seeds else ["gap closed"]
+    return ["method", "data", "P", "R", *score, "teacher", *gap, "speed-up", "epoch s",
+            "s / 1k sent.", "vs none"]
+
+
+def _cells(r: dict, seeds: bool) -> list[str]:
+    score = [f"{r['score']:.4f}"]
+    if seeds:
+        score += [_fmt(r["score_std"], ".4f"), str(r["n"])]
+    gap = [_fmt(r.get("gap_closed"), ".1%")] + ([_fmt(r.get("gap_std"), ".1%")] if seeds else [])
+    return [r["method"], r["data"], _fmt(r["precision"], ".4f"), _fmt(r["recall"], ".4f"), *score,
+            _fmt(r.get("teacher"), ".4f"), *gap, _fmt(r["speed_up"], ".1f", "x"),
+            f"{r['epoch_s']:.1f}", f"{r['s_per_1k']:.2f}", _fmt(r["overhead"], ".2f", "x")]
 
 
 def render(rows: list[dict], cfg: ReportConfig) -> str:
-    lines = ["# structkd report", "",
-             f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
-             "(seqeval), token accuracy or LAS; gap closed = (method - baseline) / (teacher - baseline); "
-             "speed-up = the method's sentences/s over the teacher's, labeling the same split in "
-             "the same `structkd evaluate` run (wall clock, same batch size; - when not measured); "
-             "epoch s = median training seconds per epoch (dev evaluation excluded); vs none = "
-             "training time per sentence relative to the baseline (runs with unlabeled rows see "
-             "more sentences per epoch).",
-             "", "| method | data | P | R | F1/acc | teacher | gap closed | speed-up | epoch s | "
-             "s / 1k sent. | vs none |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['data']} | {_fmt(r['precision'], '.4f')} | "
-            f"{_fmt(r['recall'], '.4f')} | {r['score']:.4f} | {_fmt(r.get('teacher'), '.4f')} | "
-            f"{_fmt(r.get('gap_closed'), '.1%')} | {_fmt(r['speed_up'], '.1f', 'x')} | "
-            f"{r['epoch_s']:.1f} | {r['s_per_1k']:.2f} | {_fmt(r['overhead'], '.2f', 'x')} |")
+    """The markdown report; with ``report.seeds`` the table also has the sample standard
+    deviation of the score and of the gap closed, and the number of seeds."""
+    seeds = bool(cfg.seeds)
+    text = (f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
+            "(seqeval), token accuracy or LAS; gap closed = (method - baseline) / (teacher - baseline); "
+            "speed-up = the method's sentences/s over the teacher's, labeling the same split in "
+            "the same `structkd evaluate` run (wall clock, same batch size; - when not measured); "
+            "epoch s = median training seconds per epoch (dev evaluation excluded); vs none = "
+            "training time per sentence relative to the baseline (runs with unlabeled rows see "
+            "more sentences per epoch).")
+    if seeds:
+        text += (" Over a method's seeds (`report.seeds`; seeds = their number n) every figure is "
+                 "the mean; ± std = the sample standard deviation (n - 1) of the score over seeds "
+                 "(- for one seed); gap closed = (mean method - mean baseline) / (teacher - mean "
+                 "baseline), and gap ± std = the sample standard deviation over seeds of "
+                 "(seed score - mean baseline) / (teacher - mean baseline).")
+    header = _header(seeds)
+    lines = ["# structkd report", "", text, "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cells(r, seeds)) + " |" for r in rows]
     lines += ["", f"![scores]({Path(cfg.chart).name})", ""]
     return "\n".join(lines)
 
 
 def chart(rows: list[dict], cfg: ReportConfig) -> None:
+    """One horizontal bar chart per split: each method's (mean) score, an error bar of one
+    standard deviation where it has more than one seed, the teacher as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,11 +171,17 @@ def chart(rows: list[dict], cfg: ReportConfig) -> None:
     for ax, key in zip(axes[0], keys):
         sub = [r for r in rows if r["data"] == key]
         ax.barh([r["method"] for r in sub], [r["score"] for r in sub], color="#4878a8")
+        spread = [r for r in sub if r.get("score_std") is not None]
+        if spread:
+            ax.errorbar([r["score"] for r in spread], [r["method"] for r in spread],
+                        xerr=[r["score_std"] for r in spread], fmt="none", ecolor="black",
+                        capsize=3, label="± std over seeds")
         teacher = next((r["teacher"] for r in sub if r.get("teacher") is not None), None)
         if teacher is not None:
             ax.axvline(teacher, color="#c44e52", linestyle="--", label="teacher")
+        if teacher is not None or spread:
             ax.legend(loc="lower right")
-        low = min(r["score"] for r in sub)
+        low = min(r["score"] - (r.get("score_std") or 0.0) for r in sub)
         ax.set_xlim(max(0.0, low - 0.05), 1.0)
         ax.set_title(key)
         ax.set_xlabel("F1 / accuracy / LAS")

@@ -116,3 +116,119 @@ def test_evaluate_measures_throughput_and_the_report_divides_it(tmp_path):
         expected = (evaluation["none"][key]["sentences_per_s"]
                     / evaluation["teacher"][key]["sentences_per_s"])
         assert table(tmp_path)["none", key]["speed-up"] == f"{expected:.1f}x"
+
+
+# Seeds (report.seeds): a method's row is the mean over its seed runs, with the sample standard
+# deviation of the score and of the gap closed, and the number of seeds.
+
+SEEDS = {"none": ["none", "none-s14", "none-s15"],
+         "posterior": ["posterior", "posterior-s14", "posterior-s15"]}
+
+
+def failed(root: Path, params: dict, *args: str):
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = CliRunner().invoke(app, [*args, "--params", str(path)], catch_exceptions=False)
+    assert result.exit_code != 0, result.output
+    return result
+
+
+def seeded(root: Path, methods: list[str], seeds: dict) -> dict:
+    """Teacher 0.90 on c/test (50 sentences/s); none 0.70/0.72/0.74 (mean 0.72, sd 0.02);
+    posterior 0.80/0.83/0.86 (mean 0.83, sd 0.03) at 100/200/300 sentences/s and 2/4/6 s per
+    epoch; topk one run at 0.81."""
+    evaluation = {"teacher": {"c/test": scores(0.9, 50.0)}, "topk": {"c/test": scores(0.81)}}
+    for i, (f1, rate, seconds) in enumerate(((0.80, 100.0, 2.0), (0.83, 200.0, 4.0),
+                                             (0.86, 300.0, 6.0))):
+        evaluation[SEEDS["posterior"][i]] = {"c/test": scores(f1, rate)}
+        write_run(root, SEEDS["posterior"][i], seconds)
+    for run, f1 in zip(SEEDS["none"], (0.70, 0.72, 0.74)):
+        evaluation[run] = {"c/test": scores(f1)}
+        write_run(root, run)
+    write_run(root, "topk")
+    (root / "eval.json").write_text(json.dumps(evaluation), encoding="utf-8")
+    params = report_params(root, methods)
+    params["report"]["seeds"] = seeds
+    return params
+
+
+def test_seeds_give_the_mean_the_sample_std_and_the_gap_closed_with_its_std(tmp_path):
+    # none-s14 is also a distill run in `methods`: it is folded into none, no row of its own
+    invoke(tmp_path, seeded(tmp_path, ["none", "none-s14", "posterior", "topk"], SEEDS), "report")
+    rows = table(tmp_path)
+    assert sorted(rows) == [("none", "c/test"), ("posterior", "c/test"), ("topk", "c/test")]
+    post, none, topk = rows["posterior", "c/test"], rows["none", "c/test"], rows["topk", "c/test"]
+    assert (post["F1/acc"], post["± std"], post["seeds"]) == ("0.8300", "0.0300", "3")  # n - 1
+    assert (none["F1/acc"], none["± std"], none["seeds"]) == ("0.7200", "0.0200", "3")
+    # gap closed: (0.83 - 0.72) / (0.90 - 0.72) = 61.1%; its sd: 0.03 / 0.18 = 16.7%
+    assert (post["gap closed"], post["gap ± std"]) == ("61.1%", "16.7%")
+    assert (none["gap closed"], none["gap ± std"]) == ("0.0%", "11.1%")
+    assert (topk["F1/acc"], topk["± std"], topk["seeds"]) == ("0.8100", "-", "1")
+    assert (topk["gap closed"], topk["gap ± std"]) == ("50.0%", "-")  # against the baseline's mean
+    assert (post["P"], post["R"], post["speed-up"]) == ("0.8300", "0.8300", "4.0x")  # means
+    assert (post["epoch s"], post["s / 1k sent."], post["vs none"]) == ("4.0", "40.00", "2.00x")
+    assert topk["speed-up"] == "-"  # not measured for topk
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "sample standard deviation (n - 1)" in text and "(seed score - mean baseline)" in text
+
+
+def test_without_seeds_the_table_has_no_seed_columns(tmp_path):
+    invoke(tmp_path, seeded(tmp_path, ["none", "posterior", "topk"], {}), "report")
+    rows = table(tmp_path)
+    assert "± std" not in rows["posterior", "c/test"] and "seeds" not in rows["posterior", "c/test"]
+    assert rows["posterior", "c/test"]["F1/acc"] == "0.8000"  # the run named posterior alone
+    assert rows["posterior", "c/test"]["gap closed"] == "50.0%"  # (0.80 - 0.70) / (0.90 - 0.70)
+    assert "report.seeds" not in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_the_chart_has_error_bars_where_a_method_has_seeds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    calls = []
+    errorbar = matplotlib.axes.Axes.errorbar
+
+    def record(self, x, y, *args, **kwargs):
+        calls.append((list(y), list(x), list(kwargs["xerr"])))
+        return errorbar(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", record)
+    invoke(tmp_path, seeded(tmp_path, ["none", "posterior", "topk"], SEEDS), "report")
+    assert (tmp_path / "report.png").stat().st_size > 0
+    assert len(calls) == 1  # one split; topk (one seed) has no error bar
+    methods, means, stds = calls[0]
+    assert methods == ["none", "posterior"]
+    assert means == pytest.approx([0.72, 0.83]) and stds == pytest.approx([0.02, 0.03])
+    calls.clear()
+    invoke(tmp_path, seeded(tmp_path, ["none", "posterior", "topk"], {}), "report")
+    assert calls == [] and (tmp_path / "report.png").exists()
+
+
+def test_a_run_under_two_methods_is_refused(tmp_path):
+    seeds = {**SEEDS, "posterior": ["posterior", "none-s14"]}
+    result = failed(tmp_path, seeded(tmp_path, ["none", "posterior"], seeds), "report")
+    assert result.exit_code == 2
+    assert ("report.seeds.posterior: run 'none-s14' is already a seed of report.seeds.none"
+            in result.output)
+    seeds = {"none": ["none", "posterior"], "posterior": ["posterior-s14"]}
+    result = failed(tmp_path, seeded(tmp_path, ["none", "posterior"], seeds), "report")
+    assert "report.seeds.posterior: 'posterior' is also a seed run of report.seeds.none" in result.output
+    result = failed(tmp_path, seeded(tmp_path, ["none"], {"none": ["none", "none"]}), "report")
+    assert "report.seeds.none: 'none' is listed twice" in result.output
+
+
+def test_a_seed_run_missing_from_the_evaluation_is_refused(tmp_path):
+    seeds = {**SEEDS, "posterior": ["posterior", "posterior-s99"]}
+    result = failed(tmp_path, seeded(tmp_path, ["none", "posterior"], seeds), "report")
+    assert result.exit_code == 1
+    assert (f"{tmp_path / 'eval.json'} has no scores of run 'posterior-s99' "
+            "(report.seeds.posterior lists it)") in result.output
+
+
+@pytest.mark.parametrize("value, message", [
+    ("none-s14", "report.seeds.none: expected a list, got 'none-s14'"),
+    ([], "report.seeds.none: no runs"),
+    (["none", 3], "report.seeds.none[1]: expected a non-empty string, got 3"),
+])
+def test_a_bad_seeds_entry_names_its_key(tmp_path, value, message):
+    result = failed(tmp_path, seeded(tmp_path, ["none"], {"none": value}), "report")
+    assert result.exit_code == 2 and message in result.output
