@@ -57,6 +57,27 @@ class WordEncoder(nn.Module):
         return self(self.featurize(batch_tokens))
 
 
+def _truncated(auto_model, path: str, overrides: dict):
+    """``from_pretrained`` keeping the first ``num_hidden_layers`` layers, without transformers'
+    load report: its table lists every weight of the dropped layers as UNEXPECTED (60+ lines on
+    stderr for MiniLM at 2 layers), which is the point of truncating. Weights the truncated model
+    needs but the checkpoint lacks are still reported, in one warning."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = auto_model.from_pretrained(path, output_loading_info=True, **overrides)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info.get("missing_keys"):
+        warnings.warn(f"{path}: weights not in the checkpoint, initialized at random: "
+                      f"{sorted(info['missing_keys'])}", stacklevel=3)
+    return model
+
+
 class TransformerWordEncoder(WordEncoder):
     """AutoModel + fast AutoTokenizer, sub-words pooled to one vector per word.
 
@@ -83,8 +104,10 @@ class TransformerWordEncoder(WordEncoder):
         path = resolve_model_path(cfg.name)
         self.tokenizer = load_tokenizer(path)
         overrides = {"num_hidden_layers": cfg.layers} if cfg.layers else {}
-        if pretrained:
-            self.model = AutoModel.from_pretrained(path, **overrides)
+        if pretrained and cfg.layers:
+            self.model = _truncated(AutoModel, path, overrides)
+        elif pretrained:
+            self.model = AutoModel.from_pretrained(path)
         else:
             self.model = AutoModel.from_config(AutoConfig.from_pretrained(path, **overrides))
         limits = [getattr(self.model.config, "max_position_embeddings", None),

@@ -118,6 +118,32 @@ def test_long_sentence_raises_no_false_length_warning(bert):
         transformers.logging.get_logger().removeHandler(handler)
 
 
+def test_truncating_prints_no_load_report_but_warns_of_missing_weights(bert, tmp_path):
+    """Dropping layers is intended: transformers' UNEXPECTED-key table is not shown; a checkpoint
+    that lacks weights the truncated model needs is still reported."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")  # its handler writes to the stderr of import time
+    hf_logger.addHandler(handler)
+    try:
+        encoder(bert, layers=1)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+    from safetensors.torch import load_file, save_file
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bert, broken)
+    weights = load_file(broken / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layer.0.output.dense" not in k}, broken / "model.safetensors")
+    with pytest.warns(UserWarning, match="initialized at random: .*layer.0.output.dense"):
+        encoder(str(broken), layers=1)
+
+
 def test_large_window_equals_unwindowed(bert):
     sent = ["john", "smith", "visited", "new-york"]
     assert len(encoder(bert)._pieces([sent])[0][0]) <= 30
