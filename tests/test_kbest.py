@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import crf, kbest
+from pipeline.potentials import prepare
 from tests.crf_oracle import make_batch, random_constraints
 
 NEG_INF = float("-inf")
@@ -121,3 +122,58 @@ def test_decoded_tensors_are_ordinary():
         student.gather(2, index.unsqueeze(2)).sum().backward()
         paths.add_(0)
         scores.mul_(1.0)
+
+
+@pytest.mark.parametrize("num_labels,per_sentence,constrained",
+                         list(itertools.product((3, 5), (False, True), (False, True))))
+def test_kbest_label_pruning_matches_a_label_table(monkeypatch, num_labels, per_sentence, constrained):
+    """The pruned beam (`kbest._label_sets`, forced on small T) on ragged long sentences."""
+    monkeypatch.setattr(kbest, "PRUNE_LABELS", 1)
+    gen = torch.Generator().manual_seed(50 + num_labels * 4 + per_sentence * 2 + constrained)
+    args = make_batch(gen, [33, 1, 17, 2, 8], num_labels, 2.0, per_sentence, True)
+    constraints = random_constraints(gen, num_labels) if constrained else None
+    for k in range(2, num_labels + 1):
+        check_against_table(args, k, constraints)
+
+
+def test_kbest_label_pruning_integer_ties(monkeypatch):
+    monkeypatch.setattr(kbest, "PRUNE_LABELS", 1)
+    gen = torch.Generator().manual_seed(3)
+    em, trans, mask, start, end = make_batch(gen, [21, 6, 12], 5, 1.0, False, True)
+    check_against_table((em.round(), trans.round(), mask, start.round(), end.round()), 4)
+
+
+@pytest.mark.parametrize("k", [2, 10])
+def test_kbest_label_pruning_at_many_labels(k):
+    """T = 40 >= PRUNE_LABELS: labels are pruned (fewer kept than T) and the result is the table's."""
+    gen = torch.Generator().manual_seed(k)
+    args = make_batch(gen, [9, 3, 6], 40, 3.0, False, True)
+    em, trans, mask, start, end = args
+    p = prepare(em, trans, mask, start, end, None, 1.0)
+    with torch.inference_mode():
+        *_, mu, offset = kbest._both_passes(p)
+        slots, _ = kbest._label_sets(p, mu, offset, k)
+    assert 40 >= kbest.PRUNE_LABELS and k <= slots.shape[2] < 40
+    check_against_table(args, k)
+
+
+@pytest.mark.parametrize("num_labels,per_sentence", [(5, True), (40, False)])
+def test_kbest_label_pruning_on_renormalized_sentences(monkeypatch, num_labels, per_sentence):
+    """Sentences of up to 300 words (RENORM shifts in both passes): pruned == unpruned beam."""
+    gen = torch.Generator().manual_seed(num_labels)
+    em, trans, mask, start, end = make_batch(gen, [300, 37, 170, 16, 17], num_labels, 2.0,
+                                             per_sentence, True)
+    monkeypatch.setattr(kbest, "PRUNE_LABELS", 10 ** 9)
+    _, full = crf.kbest(em, trans, mask, 4, start, end)
+    monkeypatch.setattr(kbest, "PRUNE_LABELS", 1)
+    p = prepare(em, trans, mask, start, end, None, 1.0)
+    with torch.inference_mode():
+        *_, mu, offset = kbest._both_passes(p)
+        assert kbest._label_sets(p, mu, offset, 4) is not None
+    paths, pruned = crf.kbest(em, trans, mask, 4, start, end)
+    torch.testing.assert_close(pruned, full, atol=1e-3, rtol=1e-5)
+    rescored = crf.path_score(em.repeat_interleave(4, 0),
+                              trans.repeat_interleave(4, 0) if per_sentence else trans,
+                              paths.flatten(0, 1), mask.repeat_interleave(4, 0),
+                              start.repeat_interleave(4, 0), end).view(-1, 4)
+    torch.testing.assert_close(rescored.float(), pruned, atol=1e-2, rtol=1e-5)
