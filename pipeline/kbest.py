@@ -87,7 +87,7 @@ def _completions(p: Potentials) -> tuple[Tensor, Tensor, Tensor | None]:
 
 
 def _full_steps(p: Potentials, ahead: Tensor, behind: Tensor):
-    """D_i as [B, c, a] (a view of a [c, a, B] chunk) for i = 1 .. L' - 1, built a chunk at a time."""
+    """D_i as [B, c, a] (a view of a [c, a, B] chunk), i = 1 .. L' - 1, built a chunk at a time."""
     length, num_labels, batch = ahead.shape
     trans = _sentence_minor(p.transitions).transpose(0, 1)  # [c, a, B or 1]
     chunk = max(1, CHUNK_FLOATS // (batch * num_labels * num_labels))
@@ -110,10 +110,11 @@ def _forward_beam(p: Potentials, ahead: Tensor, behind: Tensor, k: int,
     else:
         slots, valid = sets
         num_labels = slots.shape[2]
-        ahead_s = ahead.permute(0, 2, 1).gather(2, slots).masked_fill_(~valid, NEG_INF)  # [L', B, M]
+        ahead_s = ahead.permute(0, 2, 1).gather(2, slots).masked_fill_(~valid, NEG_INF)  # [L',B,M]
         behind_s = behind.permute(0, 2, 1).gather(2, slots)
         full = ahead.shape[1]
-        index = slots[:-1].unsqueeze(2) * full + slots[1:].unsqueeze(3)  # [L' - 1, B, c, a]: a * T + c
+        # [L' - 1, B, c, a]: the index a * T + c of transitions[a, c]
+        index = slots[:-1].unsqueeze(2) * full + slots[1:].unsqueeze(3)
         if p.transitions.shape[0] > 1:
             index += (torch.arange(batch, device=index.device) * full * full).view(1, batch, 1, 1)
         steps = (ahead_s[1:].unsqueeze(3) - behind_s[:-1].unsqueeze(2)).add_(
@@ -196,20 +197,22 @@ def _label_sets(p: Potentials, mu: Tensor, offset: Tensor | None,
 
     The k best mu_i(c) at one position (`_both_passes`) are k distinct paths, so lb = max_i (k-th
     largest mu_i) is at most the k-th best path score, and every label of a top-k path has
-    mu >= lb. Labels with mu_i(c) >= lb - tolerance are kept, padded to the same M (the top M of
-    mu) everywhere. The beam over kept labels is exact: a kept prefix's best completion scores
-    >= lb only through kept labels. Needs T >= k.
+    mu >= lb. Labels with mu_i(c) >= lb - tolerance are kept, in label order (a cumsum and a
+    scatter), M = the most kept anywhere. The beam over kept labels is exact: a kept prefix's
+    best completion scores >= lb only through kept labels. Needs T >= k.
     """
     length, batch, num_labels = mu.shape
     real = p.mask.t()
 
     def stored(lb):  # a per-sentence score [B] (float64) -> [L', B] in mu's frame, +inf at padding
-        return (lb.expand(length, batch) if offset is None else lb - offset).float().masked_fill_(~real, float("inf"))
+        frame = lb.expand(length, batch) if offset is None else lb - offset
+        return frame.float().masked_fill_(~real, float("inf"))
 
     # A first lower bound per position: with label c in group c % k (labels past the last full
     # group left out), the least of the k group maxima is exceeded by k distinct labels. Only
     # positions that it leaves with k labels above max_i of it can raise lb: their k-th largest.
-    groups = mu[:, :, :num_labels - num_labels % k].view(length, batch, -1, k).amax(2).amin(2).double()
+    groups = mu[:, :, :num_labels - num_labels % k].view(length, batch, -1, k)
+    groups = groups.amax(2).amin(2).double()
     lb = (groups if offset is None else groups + offset).masked_fill_(~real, NEG_INF).amax(0)  # [B]
     where = ((mu >= stored(lb).unsqueeze(2)).sum(2) >= k).nonzero()  # [n, 2]: position, sentence
     if len(where):

@@ -126,7 +126,8 @@ def test_decoded_tensors_are_ordinary():
 
 @pytest.mark.parametrize("num_labels,per_sentence,constrained",
                          list(itertools.product((3, 5), (False, True), (False, True))))
-def test_kbest_label_pruning_matches_a_label_table(monkeypatch, num_labels, per_sentence, constrained):
+def test_kbest_label_pruning_matches_a_label_table(monkeypatch, num_labels, per_sentence,
+                                                   constrained):
     """The pruned beam (`kbest._label_sets`, forced on small T) on ragged long sentences."""
     monkeypatch.setattr(kbest, "PRUNE_LABELS", 1)
     gen = torch.Generator().manual_seed(50 + num_labels * 4 + per_sentence * 2 + constrained)
@@ -145,7 +146,7 @@ def test_kbest_label_pruning_integer_ties(monkeypatch):
 
 @pytest.mark.parametrize("k", [2, 10])
 def test_kbest_label_pruning_at_many_labels(k):
-    """T = 40 >= PRUNE_LABELS: labels are pruned (fewer kept than T) and the result is the table's."""
+    """T = 40 >= PRUNE_LABELS: labels are pruned (fewer kept than T), the result is the table's."""
     gen = torch.Generator().manual_seed(k)
     args = make_batch(gen, [9, 3, 6], 40, 3.0, False, True)
     em, trans, mask, start, end = args
