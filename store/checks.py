@@ -3,14 +3,11 @@ that opens cleanly, a store a student can be trained from (labels, k, verificati
 whether a failure is damage or another annotate rewriting the store under the reader."""
 from __future__ import annotations
 
-import hashlib
 
-from store.files import holder_alive, parse_lock
+from store.files import holder_alive, parse_lock, sha256_file
 from store.reader import Store, open_store
 from store.schema import LOCK_FILE, VERIFIED, StoreError, StoreLockedError, modified_message, table_path
 from store.verify import check_shard, teacher_problems
-
-HASH_BLOCK = 1 << 20
 
 
 def writer_pid(store: Store) -> str | None:
@@ -39,15 +36,12 @@ def damaged(store: Store, what: str, problem: str) -> StoreError:
 def verify_files(store: Store, files: dict[str, str], what: str) -> None:
     """sha256 of each store-relative file against its manifest entry; StoreError on any mismatch."""
     for rel, expected in sorted(files.items()):
-        digest = hashlib.sha256()
         try:
-            with store.fs.open(store.path(rel), "rb") as fh:
-                for block in iter(lambda: fh.read(HASH_BLOCK), b""):
-                    digest.update(block)
+            digest = sha256_file(store.path(rel), store.fs)
         except FileNotFoundError:
             raise damaged(store, what, f"file {rel} is missing; the store is damaged (re-run annotate, or "
                           "`structkd store verify`)") from None
-        if digest.hexdigest() != expected:
+        if digest != expected:
             raise damaged(store, what, f"checksum mismatch in {rel}; the store is corrupted (re-run "
                           "annotate for this shard, or `structkd store verify`)")
 

@@ -34,9 +34,11 @@ def local_root(path: str | os.PathLike) -> Path:
     return Path(text)
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, fs=None) -> str:
+    """sha256 (hex) of a local file, or of one read through the fsspec file system ``fs``, in
+    blocks; FileNotFoundError when it is missing."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with (open(path, "rb") if fs is None else fs.open(path, "rb")) as fh:
         for block in iter(lambda: fh.read(BLOCK), b""):
             h.update(block)
     return h.hexdigest()

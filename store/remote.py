@@ -16,7 +16,6 @@ Under torchrun every rank stages and uploads its own shards (``attach``); rank 0
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -29,13 +28,13 @@ from pathlib import Path
 
 import fsspec
 
-from store.files import files_under, holder_alive, is_lock_bytes, parse_lock, read_manifest, remove_named
+from store.files import (files_under, holder_alive, is_lock_bytes, parse_lock, read_manifest, remove_named,
+                         sha256_file)
 from store.schema import (LOCK_FILE, MANIFEST, MARKER_DIR, StoreError, StoreLockedError, StoreOptions,
                           TeacherMeta, check_relpath, is_shard_id, marker_path, table_path, teacher_path,
                           tensor_path)
 from store.writer import SUBDIRS, ShardSpec, StoreWriter
 
-BLOCK = 1 << 20
 READ_BACK_S = 0.5  # pause before reading back a lock written without exclusive create
 
 
@@ -169,14 +168,10 @@ class RemoteStoreWriter(StoreWriter):
         return sorted(p[len(prefix):] for p in self.fs.find(self._full(rel)) if p.startswith(prefix))
 
     def _sha256(self, rel: str) -> str | None:
-        digest = hashlib.sha256()
         try:
-            with self.fs.open(self._full(rel), "rb") as fh:
-                for block in iter(lambda: fh.read(BLOCK), b""):
-                    digest.update(block)
+            return sha256_file(self._full(rel), self.fs)
         except FileNotFoundError:
             return None
-        return digest.hexdigest()
 
     def _get(self, rel: str) -> None:
         local = self.root / rel

@@ -2,14 +2,13 @@
 recomputed from its stored potentials. Each problem names the shard (and sentence) at fault."""
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 
 import numpy as np
 import pyarrow as pa
 
-from store.files import BLOCK
+from store.files import sha256_file
 from store.frame import list_column
 from store.reader import Store, open_store
 from store.schema import (ARC_OFFSETS, MARKER_DIR, TABLE_DIR, TEACHER_DIR, TENSOR_DIR, TOKEN_OFFSETS,
@@ -22,13 +21,8 @@ from store.verify_spans import span_checker
 from store.verify_trees import tree_references, tree_sentence
 
 
-
 def _sha256(store: Store, rel: str) -> str:
-    h = hashlib.sha256()
-    with store.fs.open(store.path(rel), "rb") as fh:
-        for block in iter(lambda: fh.read(BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(store.path(rel), store.fs)
 
 
 def _on_disk(store: Store, rel: str) -> set[str]:
