@@ -174,6 +174,20 @@ def holder_alive(holder: dict) -> bool:
     return holder.get("host") != socket.gethostname() or _alive(holder["pid"])
 
 
+def foreign_lock(lock: str, raw: bytes) -> StoreError:
+    """The refusal of a lock path holding something that is not a structkd lock record."""
+    return StoreError(f"{lock}: is not a structkd lock file ({len(raw)} bytes of something else); "
+                      "annotate does not remove it: move it away")
+
+
+def locked_by(store: str, holder: dict | None, lock: str) -> StoreLockedError:
+    """The refusal of a store whose lock ``holder`` (None: a record still being written) is alive."""
+    who = (f"pid {holder['pid']} on {holder.get('host')} since {holder.get('since')}"
+           if holder else "a process that is still starting")
+    return StoreLockedError(f"{store}: store is locked by {who}; another annotate is writing it. Wait for "
+                            f"it, or delete {lock} if that process is gone.")
+
+
 class StoreLock:
     """Exclusive write lock: ``<store>/.lock`` created with O_EXCL, holding pid, host and start time.
 
@@ -230,15 +244,9 @@ class StoreLock:
                 if raw is None:
                     continue
                 if not is_lock_bytes(raw):
-                    raise StoreError(f"{self.path}: is not a structkd lock file ({len(raw)} bytes of "
-                                     "something else); annotate does not remove it: move it away") from None
+                    raise foreign_lock(str(self.path), raw) from None
                 if not self._stale(raw):
-                    holder = parse_lock(raw)
-                    who = (f"pid {holder['pid']} on {holder.get('host')} since {holder.get('since')}"
-                           if holder else "a process that is still starting")
-                    raise StoreLockedError(
-                        f"{self.path.parent}: store is locked by {who}; another annotate is writing "
-                        f"it. Wait for it, or delete {self.path} if that process is gone.") from None
+                    raise locked_by(str(self.path.parent), parse_lock(raw), str(self.path)) from None
                 self._break(raw)
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import fsspec
 
-from store.files import (files_under, holder_alive, is_lock_bytes, parse_lock, read_manifest, remove_named,
-                         sha256_file)
+from store.files import (files_under, foreign_lock, holder_alive, is_lock_bytes, locked_by, parse_lock,
+                         read_manifest, remove_named, sha256_file)
 from store.schema import (LOCK_FILE, MANIFEST, MARKER_DIR, StoreError, StoreLockedError, StoreOptions,
                           TeacherMeta, check_relpath, is_shard_id, marker_path, table_path, teacher_path,
                           tensor_path)
@@ -103,15 +103,10 @@ class RemoteLock:
             if raw is None:
                 continue
             if not is_lock_bytes(raw):
-                raise StoreError(f"{self.url}/{LOCK_FILE}: is not a structkd lock file ({len(raw)} bytes of "
-                                 "something else); annotate does not remove it: move it away")
+                raise foreign_lock(f"{self.url}/{LOCK_FILE}", raw)
             holder = parse_lock(raw)
             if holder is None or holder_alive(holder):
-                who = (f"pid {holder['pid']} on {holder.get('host')} since {holder.get('since')}"
-                       if holder else "a process that is still starting")
-                raise StoreLockedError(f"{self.url}: store is locked by {who}; another annotate is writing "
-                                       f"it. Wait for it, or delete {self.url}/{LOCK_FILE} if that process "
-                                       "is gone.")
+                raise locked_by(self.url, holder, f"{self.url}/{LOCK_FILE}")
             if self._read() == raw:  # stale: its process is dead on this host
                 self.fs.rm_file(self.path)
         raise StoreLockedError(f"{self.url}/{LOCK_FILE}: could not take the store lock (contended)")
