@@ -206,6 +206,21 @@ class KDConfig:
 
 
 @dataclass
+class UnlabeledConfig:
+    """How the store's unlabeled rows (teacher outputs, no gold) enter training when
+    ``use_unlabeled`` is on. The multi-grained paper (sec. 3.2) pools them with lambda as for gold
+    rows and the teacher's top-1 as their hard label (the defaults); ``lam`` = 1 trains them on the
+    KD term only (no hard copy of the teacher's errors). ``min_top1`` drops rows whose teacher
+    P(top-1) is below it; ``drop_outside_only`` drops rows whose top-1 labels are all the scheme's
+    outside label O (chain stores of an entity scheme). Measured reason: docs/RESULTS.md, the
+    teacher's confidence on Reuters (half CoNLL's entity density)."""
+
+    lam: float | None = None  # lambda on unlabeled rows (None: the schedule's lambda)
+    min_top1: float = 0.0
+    drop_outside_only: bool = False
+
+
+@dataclass
 class DistillConfig:
     """Stage two: stream the store into student training."""
 
@@ -216,6 +231,7 @@ class DistillConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     use_unlabeled: bool = True
+    unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
     head_encoding: str | None = None  # tree store -> tagger student: its labels encode heads (rel_pos | rel_offset)
     batch_tokens: int = 1024  # word budget of one student batch (length-bucketed)
     shuffle_buffer: int = 2048

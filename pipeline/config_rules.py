@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.config import (SPLITS, AnnotateConfig, CorpusConfig, DecoderConfig, DistillConfig, EncoderConfig,
                              EvaluateConfig, FitCRFConfig, KDConfig, OptimConfig, PrepareConfig, ReportConfig,
-                             TeacherConfig)
+                             TeacherConfig, UnlabeledConfig)
 from pipeline.errors import ConfigError
 from pipeline.rules import Device, Each, OneOf, Range, Values, dotted
 
@@ -101,6 +101,8 @@ RULES: dict[tuple[type, str], Any] = {
     (KDConfig, "anneal_rate"): _AT_LEAST_0,
     (KDConfig, "anneal_percent"): _AT_LEAST_0,
     (KDConfig, "normalize"): OneOf("sentence", "token"),
+    (UnlabeledConfig, "lam"): Range(0, 1),
+    (UnlabeledConfig, "min_top1"): Range(0, 1),
     (DistillConfig, "labels"): Each(),
     (DistillConfig, "batch_tokens"): _AT_LEAST_1,
     (DistillConfig, "shuffle_buffer"): _AT_LEAST_1,
@@ -178,7 +180,17 @@ def _check_report(cfg: ReportConfig, key: str) -> None:
                               f"{dotted(key, 'seeds')}.{owner[method]}; a run belongs to one method")
 
 
+def _check_distill(cfg: DistillConfig, key: str) -> None:
+    """``unlabeled.lam`` splits lambda by row; the ``learned`` schedule has no lambda to split (the
+    multigrained objective weighs its own hard part, on every row)."""
+    if cfg.unlabeled.lam is not None and cfg.kd.schedule == "learned":
+        raise ConfigError(f"{dotted(key, 'unlabeled.lam')}: the 'learned' schedule weighs the hard loss "
+                          "inside the multigrained objective, on every row; drop unlabeled.lam or use "
+                          "another schedule")
+
+
 CHECKS: dict[type, typing.Callable[[Any, str], None]] = {
+    DistillConfig: _check_distill,
     CorpusConfig: _check_corpus,
     KDConfig: _check_kd,
     AnnotateConfig: lambda cfg, key: check_corpus_names(cfg.corpora, dotted(key, "corpora")),

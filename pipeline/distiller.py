@@ -93,6 +93,14 @@ def lambda_at(kd: KDConfig, epoch: int, epochs: int) -> float:
     return lambda_for(kd.schedule, epoch, epochs, **opts)
 
 
+def row_lambda(lam: float, unlabeled: float | None, has_gold: torch.Tensor) -> float | torch.Tensor:
+    """The batch's lambda: ``lam`` on every row, or with ``distill.unlabeled.lam`` set, [B] weights
+    that give the rows without gold (``has_gold`` [B] False) that lambda instead (None for ``none``)."""
+    if unlabeled is None or bool(has_gold.all()):
+        return lam
+    return torch.where(has_gold, lam, unlabeled).to(torch.float32)
+
+
 def evaluate(student: Tagger, rows: list[dict], scheme: str, data: DistillData | None = None) -> dict:
     """``{"all": metrics, lang: metrics}`` (seqeval P/R/F1, or accuracy for POS; UAS / LAS for the
     student of dependency teachers, ``pipeline.tree_eval``)."""
@@ -135,13 +143,15 @@ class Trainable(torch.nn.Module):
         super().__init__()
         self.student, self.objective, self.normalize = student, objective, normalize
 
-    def forward(self, features, tokens, targets, hard, lam: float):
+    def forward(self, features, tokens, targets, hard, lam: float | torch.Tensor):
+        """``lam`` a float, or [B] per-row weights (``row_lambda``)."""
         structure = self.student(features) if features is not None else self.student.structure(tokens)
         expected = hard.shape if hard.dim() == 2 else (hard.shape[0], hard.shape[-1] - 1)  # trees: [B, 2, L+1]
         if structure.mask.shape != expected:
             raise RuntimeError(f"student mask {tuple(structure.mask.shape)} != batch mask {tuple(hard.shape)}")
-        kd = self.objective(structure, targets, hard) if lam > 0 else None
-        gold = nll(structure, hard) if lam < 1 else None
+        some = (lambda test: bool(test.any())) if isinstance(lam, torch.Tensor) else bool
+        kd = self.objective(structure, targets, hard) if some(lam > 0) else None
+        gold = nll(structure, hard) if some(lam < 1) else None
         return combine(kd, gold, lam, structure.mask, self.normalize)
 
 
@@ -227,7 +237,9 @@ class Distiller:
         targets, hard = self.online(batch) if self.online else (batch.teacher, batch.hard)
         laps("teacher")
         with autocast(self.cfg.precision, self.device):
-            loss, parts = self.model(batch.features, batch.tokens, targets, hard, self.lam)
+            lam = row_lambda(self.lam, None if self.cfg.kd.method == "none" else self.cfg.unlabeled.lam,
+                             batch.has_gold)
+            loss, parts = self.model(batch.features, batch.tokens, targets, hard, lam)
         laps("forward")
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.loop.steps} (method {self.cfg.kd.method}, "

@@ -19,6 +19,7 @@ from pipeline.trainer import resolve_device
 from store.checks import check_k, check_store, check_verified, open_checked, verify_files
 from store.reader import Store
 from store.schema import StoreError, table_path
+from store.select import RowFilter
 from store.stream import KBEST_FIELDS, Batch, StoreStream
 from store.stream_spans import SPAN_FIELDS, teacher_kind
 
@@ -157,7 +158,8 @@ def store_data(cfg: DistillConfig, console: Console | None = None) -> DistillDat
         return StoreStream(store, splits, fields=stream_fields(fields), k=cfg.kd.k,
                            batch_tokens=cfg.batch_tokens, shuffle_buffer=cfg.shuffle_buffer,
                            seed=cfg.optim.seed, labels=labels, tau=cfg.kd.tau, featurize=featurize,
-                           rank=world.rank, world_size=world.size, head_encoding=cfg.head_encoding)
+                           rank=world.rank, world_size=world.size, head_encoding=cfg.head_encoding,
+                           unlabeled=RowFilter(cfg.unlabeled.min_top1, cfg.unlabeled.drop_outside_only))
 
     def online(fields: tuple[str, ...]) -> OnlineTeacher:
         return OnlineTeacher(cfg.online_teacher, store, resolve_device(cfg.device), stream_fields(fields),

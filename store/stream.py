@@ -29,6 +29,7 @@ from store.checks import check_k, check_store, open_checked, verify_files
 from store.frame import list_column
 from store.reader import Store
 from store.schema import ARC_ARRAYS, ARC_OFFSETS, TOKEN_OFFSETS, StoreError
+from store.select import RowFilter, selection
 from store.stream_spans import SpanCollate, span_layout, teacher_kind
 from store.stream_trees import KBEST_FIELDS, TENSOR_FIELDS, TREE_FIELDS, TreeCollate, stream_layout, tree_hard
 from store.tensors import edge_offsets, teacher_structure
@@ -90,7 +91,8 @@ class StoreStream(IterableDataset):
     (loader workers), so the training thread only runs tensors. head_encoding: a tagger student
     (``labels`` its labels) of a dependency-teacher store gets node targets over its labels
     (``rel_pos`` | ``rel_offset``, store/stream_trees.py). A store of span teachers gives a tagger
-    over their BIOES labels ``node`` and the k-best fields (store/stream_spans.py).
+    over their BIOES labels ``node`` and the k-best fields (store/stream_spans.py). unlabeled: which
+    rows of the ``unlabeled`` split to keep (store/select.py; all when None).
     """
 
     def __init__(self, store: str | Store, splits: list[str] | tuple[str, ...], *,
@@ -98,7 +100,7 @@ class StoreStream(IterableDataset):
                  batch_tokens: int = 1024, max_sentences: int | None = None, shuffle_buffer: int = 2048,
                  seed: int = 0, rank: int = 0, world_size: int = 1, verify: bool = True,
                  labels: list[str] | None = None, tau: float | None = None, featurize=None,
-                 head_encoding: str | None = None):
+                 head_encoding: str | None = None, unlabeled: RowFilter | None = None):
         super().__init__()
         self.store = open_checked(store) if isinstance(store, str) else store
         unknown = sorted(set(fields or ()) - set(ALL_FIELDS + TREE_FIELDS))
@@ -134,16 +136,21 @@ class StoreStream(IterableDataset):
         self.kinds = [teacher_kind(m, head_encoding) for m in metas]
         self.stale = any(m.tau != self.tau for m in metas)  # stored marginals at another tau
         self.shard_ids = [s for split in self.splits for s in self.store.shards(split)]
+        self.kept = selection(self.store, [s for s in self.shard_ids if self.store.shard_info(s)["split"] ==
+                                           "unlabeled"], unlabeled, self.labels) \
+            if unlabeled is not None and unlabeled.active else {}
 
     @property
     def sentences(self) -> int:
-        """Sentences per epoch over all ranks (from the manifest)."""
-        return sum(self.store.shard_info(s)["rows"] for s in self.shard_ids)
+        """Sentences per epoch over all ranks (from the manifest and the kept unlabeled rows)."""
+        return sum(len(self.kept[s][0]) if s in self.kept else self.store.shard_info(s)["rows"]
+                   for s in self.shard_ids)
 
     @property
     def words(self) -> int:
-        """Words per epoch over all ranks (from the manifest)."""
-        return sum(self.store.shard_info(s)["tokens"] for s in self.shard_ids)
+        """Words per epoch over all ranks (from the manifest and the kept unlabeled rows)."""
+        return sum(self.kept[s][1] if s in self.kept else self.store.shard_info(s)["tokens"]
+                   for s in self.shard_ids)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle (call before iterating; workers see it at their start)."""
@@ -198,7 +205,8 @@ class StoreStream(IterableDataset):
         tokens = table.column("tokens").to_pylist()
         stored = self._tensors(shard)
         teacher = self.teacher_ids.index(info["teacher"])
-        for row in rng.permutation(table.num_rows):
+        rows = self.kept[shard][0] if shard in self.kept else np.arange(table.num_rows)
+        for row in rng.permutation(rows):
             gold = cols["gold_ids"].row(row)
             item = {"sid": str(cols["sid"].row(row)), "lang": str(cols["lang"].row(row)),
                     "length": int(cols["length"].row(row)), "tokens": tokens[row], "teacher": teacher,
