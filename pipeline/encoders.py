@@ -57,11 +57,13 @@ class WordEncoder(nn.Module):
         return self(self.featurize(batch_tokens))
 
 
-def _truncated(auto_model, path: str, overrides: dict):
-    """``from_pretrained`` keeping the first ``num_hidden_layers`` layers, without transformers'
-    load report: its table lists every weight of the dropped layers as UNEXPECTED (60+ lines on
-    stderr for MiniLM at 2 layers), which is the point of truncating. Weights the truncated model
-    needs but the checkpoint lacks are still reported, in one warning."""
+def _pretrained(auto_model, path: str, overrides: dict):
+    """``from_pretrained`` without transformers' load report. Truncating (``num_hidden_layers``)
+    makes it list every weight of the dropped layers as UNEXPECTED (60+ lines on stderr for MiniLM
+    at 2 layers), which is the point of truncating; a checkpoint saved without its pooler
+    (multilingual-e5-small built by ../shared/tools) makes it list the pooler as MISSING, which a
+    word encoder never uses. Any other weight the model needs but the checkpoint lacks is
+    reported, in one warning."""
     import warnings
 
     from transformers.utils import logging as hf_logging
@@ -72,9 +74,9 @@ def _truncated(auto_model, path: str, overrides: dict):
         model, info = auto_model.from_pretrained(path, output_loading_info=True, **overrides)
     finally:
         hf_logging.set_verbosity(verbosity)
-    if info.get("missing_keys"):
-        warnings.warn(f"{path}: weights not in the checkpoint, initialized at random: "
-                      f"{sorted(info['missing_keys'])}", stacklevel=3)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        warnings.warn(f"{path}: weights not in the checkpoint, initialized at random: {missing}", stacklevel=3)
     return model
 
 
@@ -104,10 +106,8 @@ class TransformerWordEncoder(WordEncoder):
         path = resolve_model_path(cfg.name)
         self.tokenizer = load_tokenizer(path)
         overrides = {"num_hidden_layers": cfg.layers} if cfg.layers else {}
-        if pretrained and cfg.layers:
-            self.model = _truncated(AutoModel, path, overrides)
-        elif pretrained:
-            self.model = AutoModel.from_pretrained(path)
+        if pretrained:
+            self.model = _pretrained(AutoModel, path, overrides)
         else:
             self.model = AutoModel.from_config(AutoConfig.from_pretrained(path, **overrides))
         limits = [getattr(self.model.config, "max_position_embeddings", None),

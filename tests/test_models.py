@@ -122,6 +122,7 @@ def test_truncating_prints_no_load_report_but_warns_of_missing_weights(bert, tmp
     """Dropping layers is intended: transformers' UNEXPECTED-key table is not shown; a checkpoint
     that lacks weights the truncated model needs is still reported."""
     import logging
+    import warnings
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -142,6 +143,18 @@ def test_truncating_prints_no_load_report_but_warns_of_missing_weights(bert, tmp
     save_file({k: v for k, v in weights.items() if "layer.0.output.dense" not in k}, broken / "model.safetensors")
     with pytest.warns(UserWarning, match="initialized at random: .*layer.0.output.dense"):
         encoder(str(broken), layers=1)
+    # a checkpoint saved without its pooler (the me5-small build) loads at full depth quietly
+    pooler_free = tmp_path / "no-pooler"
+    shutil.copytree(bert, pooler_free)
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, pooler_free / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hf_logger.addHandler(handler)
+        try:
+            encoder(str(pooler_free))
+        finally:
+            hf_logger.removeHandler(handler)
+    assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
 
 
 def test_large_window_equals_unwindowed(bert):
