@@ -32,7 +32,7 @@ class CorpusConfig:
     format: str = "conll"  # conll | tsv | conllu | raw
     files: dict[str, str] = field(default_factory=dict)  # split -> path (train, dev, test, unlabeled)
     word_col: int = 0
-    label_col: int = -1
+    label_col: int | None = -1  # None: tokens only (labeled text used as unlabeled, e.g. zero-shot)
     strip_lang_prefix: bool = False
     scheme: str = "auto"  # auto | IOB1 | IOB2 | BIOES | none (POS: token accuracy)
     convert_to: str | None = None  # convert labels to this scheme on read (e.g. IOB2)

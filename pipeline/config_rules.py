@@ -144,6 +144,9 @@ def _check_corpus(cfg: CorpusConfig, key: str) -> None:
     if cfg.holdout is not None and ("train" not in cfg.files or "dev" in cfg.files):
         raise ConfigError(f"{dotted(key, 'holdout')}: cuts dev from the train file, so it needs a "
                           f"train file and no dev file; files has {sorted(cfg.files)}")
+    if cfg.label_col is None and cfg.files.keys() - {"unlabeled"}:
+        raise ConfigError(f"{dotted(key, 'label_col')}: null reads tokens only, which only the unlabeled "
+                          f"split may be; files has {sorted(cfg.files)}")
     if cfg.format == "conllu" and cfg.label_col not in (-1, 3, 4):
         raise ConfigError(f"{dotted(key, 'label_col')}: CoNLL-U labels are column 3 (UPOS, also -1) "
                           f"or 4 (XPOS), got {cfg.label_col}")

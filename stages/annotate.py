@@ -52,8 +52,13 @@ def _parse_corpus(text: str) -> CorpusConfig:
             raise typer.BadParameter(f"--corpus item {item!r} is not KEY=VALUE")
         if key in SPLITS:
             data["files"][key] = value
+        elif key == "label_col" and value.lower() in ("none", "null"):
+            data[key] = None
         elif key in ("word_col", "label_col", "limit"):
-            data[key] = int(value)
+            try:
+                data[key] = int(value)
+            except ValueError:
+                raise typer.BadParameter(f"--corpus {key}={value!r} is not an integer") from None
         else:
             data[key] = value
     return from_dict(CorpusConfig, data)

@@ -410,3 +410,16 @@ def test_check_corpora_refuses_duplicate_names_bad_split_keys_and_missing_files(
     with pytest.raises(DataError, match="is not a file"):
         check_corpora([CorpusConfig(name="c", files={"train": str(tmp_path)})])
     check_corpora([CorpusConfig(name="c", files={"train": path})])
+
+
+def test_label_col_null_reads_a_labeled_file_as_tokens_only(tmp_path):
+    """Labeled text used as unlabeled (zero-shot: a language's train file without its labels)."""
+    cfg = CorpusConfig(name="es", lang="es", label_col=None, scheme="none",
+                       files={"unlabeled": str(write(tmp_path, CONLL03))})
+    got = read_corpus(cfg, "unlabeled")
+    assert [s.tokens for s in got] == [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"]]
+    assert all(s.labels is None for s in got)
+    check_corpora([cfg], "prepare.corpora")
+    with pytest.raises(ConfigError, match=r"corpora\[0\].label_col: null reads tokens only.*'train'"):
+        from_dict(PrepareConfig, {"corpora": [{"name": "c", "label_col": None,
+                                               "files": {"train": cfg.files["unlabeled"]}}]})
