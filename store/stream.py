@@ -167,24 +167,35 @@ class StoreStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        # under DDP the ranks' j-th batches are picked at the same length quantile (see _drain)
+        shared = np.random.default_rng([self.seed, self.epoch, worker, 1]) if self.world_size > 1 else None
         buffer: list[dict] = []
         for shard in self.my_shards(worker, workers):
             for item in self._read(shard, rng):
                 buffer.append(item)
                 if len(buffer) >= self.shuffle_buffer:
-                    yield from self._drain(buffer, rng, keep=self.shuffle_buffer // 2)
-        yield from self._drain(buffer, rng, keep=0)
+                    yield from self._drain(buffer, rng, keep=self.shuffle_buffer // 2, shared=shared)
+        yield from self._drain(buffer, rng, keep=0, shared=shared)
 
-    def _drain(self, buffer: list[dict], rng: np.random.Generator, keep: int) -> Iterator[Batch]:
-        """Sort the buffer by length, cut batches, yield random ones until ``keep`` sentences remain."""
+    def _drain(self, buffer: list[dict], rng: np.random.Generator, keep: int,
+               shared: np.random.Generator | None = None) -> Iterator[Batch]:
+        """Sort the buffer by length, cut batches, yield random ones until ``keep`` sentences remain.
+
+        One process: a random permutation of the batches. Under DDP (``shared``, one generator
+        for every rank, drawn once per batch): the j-th batch is the remaining batch at length
+        rank floor(u_j * remaining), u_j from ``shared`` -- still a uniformly random order on
+        each rank, but the ranks' j-th steps (which DDP runs in lock-step) get batches at the same
+        length quantile, so neither waits for the other's long batch. Measured in
+        bench/README.md ("Scale-out")."""
         order = rng.permutation(len(buffer))
         ordered = sorted((buffer[i] for i in order), key=lambda item: item["length"])
         batches = pack([item["length"] for item in ordered], self.batch_tokens, self.max_sentences)
-        rng.shuffle(batches)
+        if shared is None:
+            rng.shuffle(batches)
         left = len(ordered)
         out = []
         while batches and left > keep:
-            rows = batches.pop()
+            rows = batches.pop() if shared is None else batches.pop(int(shared.random() * len(batches)))
             left -= len(rows)
             out.append([ordered[i] for i in rows])
         buffer[:] = [ordered[i] for rows in batches for i in rows]
