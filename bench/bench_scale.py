@@ -8,6 +8,7 @@
     identity of the 2-process store with the 1-process one (every shard file's sha256).
 (2) distill: ``torchrun --nproc_per_node N structkd distill`` (DDP over gloo) of a BiLSTM-CRF student
     with structural KD from that store, N = 1, 2: training sentences/s of the fastest epoch.
+With ``--store PATH`` (1) is skipped and (2) runs on that existing store (its train split).
 Writes one JSON line per measurement to stdout and a summary at the end.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--store", help="distill only, on this existing store")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     corpus = {"name": "conll03", "lang": "en", "format": "conll", "scheme": "IOB1", "convert_to": "IOB2",
@@ -63,7 +65,8 @@ def main() -> None:
                           "optim": {"epochs": args.epochs, "lr": 1e-3, "patience": 99}, "batch_tokens": 1024}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     out: dict = {"annotate_s": {1: [], 2: []}}
-    for r in range(args.repeats):
+    store = Path(args.store).resolve() if args.store else work / "store-1-0"
+    for r in range(0 if args.store else args.repeats):
         for n in (1, 2):
             store = work / f"store-{n}-{r}"
             command = ["annotate", "--params", "params.yaml", "--out", str(store), "--no-progress"]
@@ -72,23 +75,25 @@ def main() -> None:
             out["annotate_s"][n].append(seconds - overhead)
             print(json.dumps({"stage": "annotate", "procs": n, "seconds": round(seconds, 2),
                               "startup_s": round(overhead, 2)}), flush=True)
-    out["identical"] = shard_hashes(work / "store-1-0") == shard_hashes(work / "store-2-0")
-    rows = json.loads((work / "store-1-0" / "manifest.json").read_text())["totals"]["rows"]
+    if not args.store:
+        out["identical"] = shard_hashes(work / "store-1-0") == shard_hashes(work / "store-2-0")
     out["distill_sent_s"] = {}
     for n in (1, 2):
         run = work / f"run-{n}"
-        torchrun(n, ["distill", "--params", "params.yaml", "--store", str(work / "store-1-0"), "--out", str(run),
+        torchrun(n, ["distill", "--params", "params.yaml", "--store", str(store), "--out", str(run),
                      "--no-progress"], work)
         metrics = json.loads((run / "metrics.json").read_text())
         fastest = min(metrics["epoch_seconds"])
         out["distill_sent_s"][n] = metrics["train_sentences"] / fastest
         print(json.dumps({"stage": "distill", "procs": n, "fastest_epoch_s": fastest}), flush=True)
-    best = {n: min(v) for n, v in out["annotate_s"].items()}
-    summary = {"sentences": rows, "annotate_speedup": round(best[1] / best[2], 2),
-               "annotate_sent_s": {n: round(rows / s, 1) for n, s in best.items()},
-               "distill_speedup": round(out["distill_sent_s"][2] / out["distill_sent_s"][1], 2),
-               "distill_sent_s": {n: round(v, 1) for n, v in out["distill_sent_s"].items()},
-               "two_process_store_identical": out["identical"], "work": str(work)}
+    summary = {"distill_speedup": round(out["distill_sent_s"][2] / out["distill_sent_s"][1], 2),
+               "distill_sent_s": {n: round(v, 1) for n, v in out["distill_sent_s"].items()}, "work": str(work)}
+    if not args.store:
+        rows = json.loads((store / "manifest.json").read_text())["totals"]["rows"]
+        best = {n: min(v) for n, v in out["annotate_s"].items()}
+        summary.update(sentences=rows, annotate_speedup=round(best[1] / best[2], 2),
+                       annotate_sent_s={n: round(rows / s, 1) for n, s in best.items()},
+                       two_process_store_identical=out["identical"])
     print(json.dumps(summary, indent=2))
 
 

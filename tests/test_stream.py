@@ -141,8 +141,8 @@ def test_ranks_step_through_batches_at_the_same_length_quantile(store_path, monk
         stream = StoreStream(store_path, ["train"], seed=seed, rank=rank, world_size=world_size,
                              batch_tokens=120, shuffle_buffer=64)
         lengths = np.random.default_rng(data).integers(1, 60, size=150)  # each rank its own data
-        monkeypatch.setattr(stream, "my_shards", lambda worker=0, workers=1: ["a", "b", "c"])
-        monkeypatch.setattr(stream, "_read", lambda shard, rng: iter(
+        monkeypatch.setattr(stream, "my_pieces", lambda worker=0, workers=1: [("a", 0, 50), ("b", 0, 50), ("c", 0, 50)])
+        monkeypatch.setattr(stream, "_read", lambda shard, rng, first, stop: iter(
             [{"length": int(n)} for n in lengths[{"a": 0, "b": 50, "c": 100}[shard]:][:50]]))
         monkeypatch.setattr(stream, "collate", lambda items: max(item["length"] for item in items))
         return list(stream)
@@ -155,3 +155,23 @@ def test_ranks_step_through_batches_at_the_same_length_quantile(store_path, monk
     unaligned = np.abs(np.subtract(alone[0][:m], alone[1][:m])).mean()
     assert aligned < 0.4 * unaligned, (aligned, unaligned)
     assert ranks[0] != sorted(ranks[0]) and steps(0, 0, 2, seed=4) != ranks[0]  # still shuffled, by seed
+
+
+@pytest.mark.parametrize("world_size, workers", [(2, 1), (3, 1), (2, 2)])
+def test_every_slot_gets_the_same_number_of_sentences(store_path, world_size, workers):
+    """Rows, not whole shards, are dealt: the shards hold 16, 16 and 16 train sentences + 12 dev
+    (an uneven last piece), and each (rank, worker) slot gets the same count (+-1), all disjoint."""
+    got = []
+    for rank in range(world_size):
+        stream = StoreStream(store_path, ["train", "dev"], seed=2, rank=rank, world_size=world_size)
+        stream.set_epoch(1)
+        for worker in range(workers):
+            pieces = stream.my_pieces(worker, workers)
+            got.append([(shard, row) for shard, first, stop in pieces for row in range(first, stop)])
+    sizes = [len(part) for part in got]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == SIZES["train"] + SIZES["dev"]
+    assert len({item for part in got for item in part}) == sum(sizes)
+    parts = [[sid for batch in StoreStream(store_path, ["train", "dev"], seed=2, rank=r, world_size=world_size)
+              for sid in batch.sids] for r in range(world_size)]
+    assert sorted(sid for part in parts for sid in part) == sorted(set(sid for part in parts for sid in part))
+    assert max(map(len, parts)) - min(map(len, parts)) <= workers
