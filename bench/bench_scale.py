@@ -8,6 +8,7 @@
     identity of the 2-process store with the 1-process one (every shard file's sha256).
 (2) distill: ``torchrun --nproc_per_node N structkd distill`` (DDP over gloo) of a BiLSTM-CRF student
     with structural KD from that store, N = 1, 2: training sentences/s of the fastest epoch.
+(3) the machine's ceiling: two independent 1-process distills at once (their summed sentences/s).
 With ``--store PATH`` (1) is skipped and (2) runs on that existing store (its train split).
 Writes one JSON line per measurement to stdout and a summary at the end.
 """
@@ -25,16 +26,23 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+FROZEN = {"hidden": 256, "init_from": "minilm", "freeze_embeddings": True}
 
 
-def torchrun(nproc: int, args: list[str], cwd: Path) -> float:
+def torchrun(nproc: int, args: list[str], cwd: Path, copies: int = 1) -> float:
+    """Run ``structkd ARGS`` under torchrun on ``nproc`` processes (``copies`` independent jobs at
+    once, ``{copy}`` in ARGS replaced by the job's number); the wall seconds until all end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend",
-           "c10d", "--rdzv-endpoint", "localhost:0", "--no-python", "structkd", "--threads", "1", *args]
+    cmds = [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend",
+             "c10d", "--rdzv-endpoint", "localhost:0", "--no-python", "structkd", "--threads", "1",
+             *(a.replace("{copy}", str(c)) for a in args)] for c in range(copies)]
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    jobs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for cmd in cmds]
+    for cmd, job in zip(cmds, jobs):
+        _, err = job.communicate()
+        if job.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
     return time.perf_counter() - started
 
 
@@ -52,6 +60,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--store", help="distill only, on this existing store")
+    parser.add_argument("--frozen", action="store_true", help="the student of configs/conll03_converged.yaml: "
+                        "hidden 256, word vectors from MiniLM's input embeddings, frozen")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     corpus = {"name": "conll03", "lang": "en", "format": "conll", "scheme": "IOB1", "convert_to": "IOB2",
@@ -61,15 +71,15 @@ def main() -> None:
                            "splits": ["train", "dev"], "k": 5, "shard_size": args.shard_size,
                            "batch_tokens": 4096, "device": "cpu"},
               "distill": {"kd": {"method": "structural"}, "device": "cpu", "use_unlabeled": False,
-                          "model": {"encoder": {"kind": "bilstm"}, "decoder": {"kind": "crf"}},
+                          "model": {"encoder": {"kind": "bilstm", **FROZEN} if args.frozen else {"kind": "bilstm"},
+                                    "decoder": {"kind": "crf"}},
                           "optim": {"epochs": args.epochs, "lr": 1e-3, "patience": 99}, "batch_tokens": 1024}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     out: dict = {"annotate_s": {1: [], 2: []}}
     store = Path(args.store).resolve() if args.store else work / "store-1-0"
     for r in range(0 if args.store else args.repeats):
         for n in (1, 2):
-            store = work / f"store-{n}-{r}"
-            command = ["annotate", "--params", "params.yaml", "--out", str(store), "--no-progress"]
+            command = ["annotate", "--params", "params.yaml", "--out", str(work / f"store-{n}-{r}"), "--no-progress"]
             seconds = torchrun(n, command, work)
             overhead = torchrun(n, command, work)  # a resume with nothing left: start-up, read, plan
             out["annotate_s"][n].append(seconds - overhead)
@@ -86,7 +96,16 @@ def main() -> None:
         fastest = min(metrics["epoch_seconds"])
         out["distill_sent_s"][n] = metrics["train_sentences"] / fastest
         print(json.dumps({"stage": "distill", "procs": n, "fastest_epoch_s": fastest}), flush=True)
-    summary = {"distill_speedup": round(out["distill_sent_s"][2] / out["distill_sent_s"][1], 2),
+    # the machine's ceiling: two independent 1-process runs at once (no communication, no waiting)
+    torchrun(1, ["distill", "--params", "params.yaml", "--store", str(store), "--out", str(work / "alone-{copy}"),
+                 "--no-progress"], work, copies=2)
+    each = [json.loads((work / f"alone-{c}" / "metrics.json").read_text()) for c in range(2)]
+    out["distill_sent_s"]["2 independent"] = sum(m["train_sentences"] / min(m["epoch_seconds"]) for m in each)
+    print(json.dumps({"stage": "distill", "procs": "2 independent",
+                      "fastest_epoch_s": [min(m["epoch_seconds"]) for m in each]}), flush=True)
+    one = out["distill_sent_s"][1]
+    summary = {"distill_speedup": round(out["distill_sent_s"][2] / one, 2),
+               "independent_speedup": round(out["distill_sent_s"]["2 independent"] / one, 2),
                "distill_sent_s": {n: round(v, 1) for n, v in out["distill_sent_s"].items()}, "work": str(work)}
     if not args.store:
         rows = json.loads((store / "manifest.json").read_text())["totals"]["rows"]

@@ -205,7 +205,11 @@ class Distiller:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.trainable, device_ids=ids, find_unused_parameters=True)
+            # the students' buffers (CRF constraint masks, fixed multigrained weights) never change:
+            # no broadcast of them before every forward (DDP's default) unless a layer keeps statistics
+            running = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.trainable.modules())
+            self.model = DistributedDataParallel(self.trainable, device_ids=ids, find_unused_parameters=True,
+                                                 gradient_as_bucket_view=True, broadcast_buffers=running)
             join = lambda: Join([self.model])  # noqa: E731
         total = cfg.optim.epochs * self.stream.sentences  # sentences of all ranks
         lr = warmup_linear(total, cfg.optim.warmup)

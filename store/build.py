@@ -217,6 +217,21 @@ def plan_shards(work, metas: dict[str, TeacherMeta],
     return plan
 
 
+def deal_shards(plan: list[tuple[ShardSpec, list[Sentence]]], ranks: int) -> list[list[int]]:
+    """The plan's shard indices per rank, balanced by work: longest-processing-time first, each
+    shard (by words + sentences, what a teacher pass costs) to the least loaded rank (ties: the
+    lowest rank), each rank's list in plan order. Deterministic, so every rank deals the same.
+    Round-robin dealing ignored the short last shard of each split (session 9: 1.53x on 2 ranks,
+    bench/README.md "Scale-out")."""
+    cost = [sum(len(s.tokens) for s in part) + len(part) for _, part in plan]
+    loads, owned = [0] * ranks, [[] for _ in range(ranks)]
+    for i in sorted(range(len(plan)), key=lambda i: (-cost[i], i)):
+        rank = loads.index(min(loads))
+        loads[rank] += cost[i]
+        owned[rank].append(i)
+    return [sorted(indices) for indices in owned]
+
+
 def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = None,
                 on_batch: OnBatch | None = None, on_skip: Callable[[int], None] | None = None,
                 on_plan: Callable[[int], None] | None = None, world: World | None = None) -> dict:
@@ -229,8 +244,8 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
 
     Under torchrun (``world``, read from the environment when None) every rank reads the corpora and
     makes the same deterministic plan; rank 0 holds the store's lock, registers the teachers and
-    records the plan; rank r annotates and commits shards r, r + N, r + 2N, ... (each shard is
-    written by exactly one process, atomically); after a barrier rank 0 finalizes the manifest. The
+    records the plan; each rank annotates and commits its part of the shards (``deal_shards``: equal
+    work; each shard is written by exactly one process, atomically); after a barrier rank 0 finalizes the manifest. The
     store is the one a single process writes (same rows, same array bytes); a killed rank leaves its
     committed shards, and a rerun resumes. A second job on the store is refused by the lock.
     ``cfg.out`` may be an fsspec URL (``s3://`` ...): every process then stages its shards locally
@@ -277,7 +292,7 @@ def _build(cfg, world, device, teachers, on_batch, on_skip, on_plan) -> dict:
             error = err
         _raise_shared(world, error)
         writer = main or writer_cls.attach(cfg.out, options, {m.id: m for m in metas.values()})
-        mine = plan[world.rank::world.size]
+        mine = [plan[i] for i in deal_shards(plan, world.size)[world.rank]]
         if on_plan is not None and world.is_main:
             on_plan(sum(spec.rows for spec, _ in mine))
         error = None

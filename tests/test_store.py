@@ -286,3 +286,20 @@ def test_store_classes_reject_bad_options(tmp_path):
         StoreWriter("memory://x", StoreOptions())
     with pytest.raises(StoreError, match="no manifest"):
         Store(str(tmp_path))
+
+
+def test_deal_shards_balances_the_ranks_work_deterministically():
+    from store.build import deal_shards
+    from pipeline.readers import Sentence
+
+    def part(n: int, length: int) -> list:
+        return [Sentence(["w"] * length, None, f"c/train/{i}", "c", "train", "en") for i in range(n)]
+
+    plan = [(None, part(100, 10)), (None, part(100, 10)), (None, part(100, 10)), (None, part(7, 10)),
+            (None, part(100, 12)), (None, part(3, 10))]
+    owned = deal_shards(plan, 2)
+    assert sorted(i for o in owned for i in o) == list(range(6)) and owned == deal_shards(plan, 2)
+    load = [sum(len(s.tokens) + 1 for i in o for s in plan[i][1]) for o in owned]
+    assert max(load) - min(load) <= 11 * 100  # round-robin: 0, 2, 4 vs 1, 3, 5 -> 3,600 vs 2,300
+    assert all(o == sorted(o) for o in owned) and deal_shards(plan, 1) == [list(range(6))]
+    assert sum(map(len, deal_shards(plan[:1], 3))) == 1  # more ranks than shards: some get none
