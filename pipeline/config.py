@@ -290,6 +290,8 @@ class ReportConfig:
     methods: list[str] = field(default_factory=list)  # distill runs: runs_dir/<method>
     runs_dir: str = "runs"
     teacher: str = "teacher-en"  # the model name in the evaluate output that is the teacher
+    # corpus name -> the teacher of that corpus's rows (multilingual: one teacher per language)
+    teachers: dict[str, str] = field(default_factory=dict)
     baseline: str = "none"  # the run every KD overhead and gap is measured against
     out: str = "report.md"
     chart: str = "report.png"

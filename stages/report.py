@@ -52,7 +52,8 @@ def _run_times(cfg: ReportConfig, run: str) -> tuple[float, float]:
 def _check_scored(cfg: ReportConfig, evaluation: dict, groups: list[tuple[str, list[str]]]) -> None:
     """The teacher and every run of every method are scored, and a method's seeds on the same
     splits; else a DataError naming the run and the file."""
-    missing = [name for name in [cfg.teacher, *cfg.methods] if name not in evaluation]
+    missing = [name for name in dict.fromkeys([cfg.teacher, *cfg.teachers.values(), *cfg.methods])
+               if name not in evaluation]
     if missing:
         raise DataError(f"{cfg.evaluate} has no scores of {missing}; it scores {sorted(evaluation)}")
     for method, runs in groups:
@@ -76,7 +77,6 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
     evaluation = _read_json(Path(cfg.evaluate), "evaluate")
     groups = method_runs(cfg.methods, cfg.seeds)
     _check_scored(cfg, evaluation, groups)
-    teacher = evaluation[cfg.teacher]
     times = {run: _run_times(cfg, run) for _, runs in groups for run in runs}
     runs_of = dict(groups)
     base_runs = runs_of.get(cfg.baseline, [cfg.baseline])
@@ -87,6 +87,7 @@ def build_rows(cfg: ReportConfig) -> list[dict]:
         epoch_s = statistics.fmean(times[run][0] for run in runs)
         per_k = statistics.fmean(times[run][1] for run in runs)
         for key in evaluation[runs[0]]:
+            teacher = evaluation[cfg.teachers.get(key.split("/")[0], cfg.teacher)]
             entries = [evaluation[run][key] for run in runs]
             seed_scores = [_score(metrics) for metrics in entries]
             score, std = mean_std(seed_scores)
@@ -135,7 +136,8 @@ def render(rows: list[dict], cfg: ReportConfig) -> str:
     """The markdown report; with ``report.seeds`` the table also has the sample standard
     deviation of the score and of the gap closed, and the number of seeds."""
     seeds = bool(cfg.seeds)
-    text = (f"Teacher: `{cfg.teacher}`; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
+    named = "".join(f", `{t}` for {c}" for c, t in cfg.teachers.items())
+    text = (f"Teacher: `{cfg.teacher}`{named}; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
             "(seqeval), token accuracy or LAS; gap closed = (method - baseline) / (teacher - baseline); "
             "speed-up = the method's sentences/s over the teacher's, labeling the same split in "
             "the same `structkd evaluate` run (wall clock, same batch size; - when not measured); "

@@ -232,3 +232,26 @@ def test_a_seed_run_missing_from_the_evaluation_is_refused(tmp_path):
 def test_a_bad_seeds_entry_names_its_key(tmp_path, value, message):
     result = failed(tmp_path, seeded(tmp_path, ["none"], {"none": value}), "report")
     assert result.exit_code == 2 and message in result.output
+
+
+def test_each_corpus_is_measured_against_its_own_teacher(tmp_path):
+    """``report.teachers`` (multilingual: one teacher per language); an unscored one is refused."""
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "teacher": {"en/test": scores(0.9), "es/test": scores(0.5)},
+        "teacher-es": {"en/test": scores(0.3), "es/test": scores(0.8)},
+        "none": {"en/test": scores(0.7), "es/test": scores(0.6)},
+        "kd": {"en/test": scores(0.8), "es/test": scores(0.7)},
+    }), encoding="utf-8")
+    for method in ("none", "kd"):
+        write_run(tmp_path, method)
+    params = report_params(tmp_path, ["none", "kd"])
+    params["report"]["teachers"] = {"es": "teacher-es"}
+    invoke(tmp_path, params, "report")
+    rows = table(tmp_path)
+    assert rows["kd", "en/test"]["teacher"] == "0.9000" and rows["kd", "en/test"]["gap closed"] == "50.0%"
+    assert rows["kd", "es/test"]["teacher"] == "0.8000" and rows["kd", "es/test"]["gap closed"] == "50.0%"
+    assert "`teacher-es` for es" in (tmp_path / "report.md").read_text()
+    params["report"]["teachers"] = {"es": "teacher-de"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code != 0 and "no scores of ['teacher-de']" in result.output
