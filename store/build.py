@@ -221,8 +221,7 @@ def deal_shards(plan: list[tuple[ShardSpec, list[Sentence]]], ranks: int) -> lis
     """The plan's shard indices per rank, balanced by work: longest-processing-time first, each
     shard (by words + sentences, what a teacher pass costs) to the least loaded rank (ties: the
     lowest rank), each rank's list in plan order. Deterministic, so every rank deals the same.
-    Round-robin dealing ignored the short last shard of each split (session 9: 1.53x on 2 ranks,
-    bench/README.md "Scale-out")."""
+    Round-robin dealing ignored the shards' sizes (each split's last shard is short)."""
     cost = [sum(len(s.tokens) for s in part) + len(part) for _, part in plan]
     loads, owned = [0] * ranks, [[] for _ in range(ranks)]
     for i in sorted(range(len(plan)), key=lambda i: (-cost[i], i)):
@@ -244,9 +243,9 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
 
     Under torchrun (``world``, read from the environment when None) every rank reads the corpora and
     makes the same deterministic plan; rank 0 holds the store's lock, registers the teachers and
-    records the plan; each rank annotates and commits its part of the shards (``deal_shards``: equal
-    work; each shard is written by exactly one process, atomically); after a barrier rank 0 finalizes the manifest. The
-    store is the one a single process writes (same rows, same array bytes); a killed rank leaves its
+    records the plan; each rank annotates and commits its part of the shards (``deal_shards``:
+    equal work; each shard is written by exactly one process, atomically); after a barrier rank 0
+    finalizes the manifest. The store is the one a single process writes (same rows, same array bytes); a killed rank leaves its
     committed shards, and a rerun resumes. A second job on the store is refused by the lock.
     ``cfg.out`` may be an fsspec URL (``s3://`` ...): every process then stages its shards locally
     and uploads them, each marker after its files, the manifest last (store/remote.py).
