@@ -245,8 +245,9 @@ def build_store(cfg: AnnotateConfig, *, teachers: dict[str, Teacher] | None = No
     makes the same deterministic plan; rank 0 holds the store's lock, registers the teachers and
     records the plan; each rank annotates and commits its part of the shards (``deal_shards``:
     equal work; each shard is written by exactly one process, atomically); after a barrier rank 0
-    finalizes the manifest. The store is the one a single process writes (same rows, same array bytes); a killed rank leaves its
-    committed shards, and a rerun resumes. A second job on the store is refused by the lock.
+    finalizes the manifest. The store is the one a single process writes (same rows, same array
+    bytes); a killed rank leaves its committed shards, and a rerun resumes. A second job on the
+    store is refused by the lock.
     ``cfg.out`` may be an fsspec URL (``s3://`` ...): every process then stages its shards locally
     and uploads them, each marker after its files, the manifest last (store/remote.py).
     """
