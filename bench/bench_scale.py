@@ -36,14 +36,17 @@ def torchrun(nproc: int, args: list[str], cwd: Path, copies: int = 1) -> float:
     cmds = [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend",
              "c10d", "--rdzv-endpoint", "localhost:0", "--no-python", "structkd", "--threads", "1",
              *(a.replace("{copy}", str(c)) for a in args)] for c in range(copies)]
+    logs = [tempfile.TemporaryFile("w+") for _ in cmds]  # not pipes: a full one would stall its job
     started = time.perf_counter()
-    jobs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for cmd in cmds]
-    for cmd, job in zip(cmds, jobs):
-        _, err = job.communicate()
-        if job.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-    return time.perf_counter() - started
+    jobs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+            for cmd, log in zip(cmds, logs)]
+    codes = [job.wait() for job in jobs]
+    seconds = time.perf_counter() - started
+    for cmd, code, log in zip(cmds, codes, logs):
+        if code:
+            log.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{log.read()[-2000:]}")
+    return seconds
 
 
 def shard_hashes(store: Path) -> dict:
