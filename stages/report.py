@@ -132,6 +132,33 @@ def _cells(r: dict, seeds: bool) -> list[str]:
             f"{r['epoch_s']:.1f}", f"{r['s_per_1k']:.2f}", _fmt(r["overhead"], ".2f", "x")]
 
 
+def per_type_tables(cfg: ReportConfig) -> list[str]:
+    """Markdown lines: for every split whose scores have ``per_type`` (entity F1 by type), one
+    table of the split's teacher and every method (the mean over its seeds), one column per type
+    with its gold support; nothing when no split has them (POS, trees)."""
+    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
+    groups = method_runs(cfg.methods, cfg.seeds)
+    lines: list[str] = []
+    for key in dict.fromkeys(key for _, runs in groups for key in evaluation[runs[0]]):
+        teacher = cfg.teachers.get(key.split("/")[0], cfg.teacher)
+        named = [(f"teacher ({teacher})", [teacher])] + groups
+        scored = [(name, [evaluation[run][key]["per_type"] for run in runs]) for name, runs in named
+                  if all("per_type" in evaluation.get(run, {}).get(key, {}) for run in runs)]
+        if not scored:
+            continue
+        types = sorted({t for _, entries in scored for entry in entries for t in entry})
+        support = {t: next(e[t]["support"] for _, entries in scored for e in entries if t in e)
+                   for t in types}
+        lines += ["", f"### F1 per type: {key}", "",
+                  "| model | " + " | ".join(f"{t} ({support[t]})" for t in types) + " |",
+                  "|" + "---|" * (len(types) + 1)]
+        for name, entries in scored:
+            cells = [_fmt(mean_or_none([e[t]["f1"] for e in entries if t in e]) if
+                          all(t in e for e in entries) else None, ".4f") for t in types]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(rows: list[dict], cfg: ReportConfig) -> str:
     """The markdown report; with ``report.seeds`` the table also has the sample standard
     deviation of the score and of the gap closed, and the number of seeds."""
@@ -154,7 +181,7 @@ def render(rows: list[dict], cfg: ReportConfig) -> str:
     lines = ["# structkd report", "", text, "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cells(r, seeds)) + " |" for r in rows]
-    lines += ["", f"![scores]({Path(cfg.chart).name})", ""]
+    lines += ["", f"![scores]({Path(cfg.chart).name})"] + per_type_tables(cfg) + [""]
     return "\n".join(lines)
 
 

@@ -40,8 +40,8 @@ def report_params(root: Path, methods: list[str]) -> dict:
 
 def table(root: Path) -> dict[tuple[str, str], dict[str, str]]:
     """The report's rows as ``{(method, data): {column: cell}}``."""
-    lines = [line for line in (root / "report.md").read_text(encoding="utf-8").splitlines()
-             if line.startswith("| ")]
+    text = (root / "report.md").read_text(encoding="utf-8").split("\n### ")[0]  # the main table
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
             for line in lines[1:]]
@@ -255,3 +255,37 @@ def test_each_corpus_is_measured_against_its_own_teacher(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     result = CliRunner().invoke(app, ["report", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code != 0 and "no scores of ['teacher-de']" in result.output
+
+
+def typed(f1: float, per_type: dict[str, float]) -> dict:
+    """An evaluation entry with entity F1 by type (support 10 each)."""
+    return {**scores(f1), "per_type": {t: {"precision": v, "recall": v, "f1": v, "support": 10}
+                                       for t, v in per_type.items()}}
+
+
+def test_report_has_f1_per_type_averaged_over_seeds(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "teacher": {"c/test": typed(0.9, {"PER": 0.95, "ORG": 0.85})},
+        "none": {"c/test": typed(0.7, {"PER": 0.8, "ORG": 0.6})},
+        "kd": {"c/test": typed(0.8, {"PER": 0.9, "ORG": 0.7})},
+        "kd-s2": {"c/test": typed(0.8, {"PER": 0.8, "ORG": 0.5})},
+    }), encoding="utf-8")
+    for run in ("none", "kd", "kd-s2"):
+        write_run(tmp_path, run)
+    params = report_params(tmp_path, ["none", "kd"])
+    params["report"]["seeds"] = {"kd": ["kd", "kd-s2"]}
+    invoke(tmp_path, params, "report")
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    typed_table = text.split("### F1 per type: c/test")[1].strip().splitlines()
+    assert typed_table[0] == "| model | ORG (10) | PER (10) |"
+    assert typed_table[2:5] == ["| teacher (teacher) | 0.8500 | 0.9500 |", "| none | 0.6000 | 0.8000 |",
+                                "| kd | 0.6000 | 0.8500 |"]
+    assert table(tmp_path)["kd", "c/test"]["F1/acc"] == "0.8000"  # the main table is unchanged
+
+
+def test_report_without_per_type_scores_has_no_per_type_table(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "teacher": {"c/test": scores(0.9)}, "none": {"c/test": scores(0.7)}}), encoding="utf-8")
+    write_run(tmp_path, "none")
+    invoke(tmp_path, report_params(tmp_path, ["none"]), "report")
+    assert "F1 per type" not in (tmp_path / "report.md").read_text(encoding="utf-8")
