@@ -153,8 +153,8 @@ def per_type_tables(cfg: ReportConfig) -> list[str]:
                   "| model | " + " | ".join(f"{t} ({support[t]})" for t in types) + " |",
                   "|" + "---|" * (len(types) + 1)]
         for name, entries in scored:
-            cells = [_fmt(mean_or_none([e[t]["f1"] for e in entries if t in e]) if
-                          all(t in e for e in entries) else None, ".4f") for t in types]
+            cells = [_fmt(mean_or_none([e[t]["f1"] for e in entries])
+                          if all(t in e for e in entries) else None, ".4f") for t in types]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
