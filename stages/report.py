@@ -67,14 +67,13 @@ def _check_scored(cfg: ReportConfig, evaluation: dict, groups: list[tuple[str, l
                                 f"(report.seeds.{method}), on {sorted(evaluation[runs[0]])}")
 
 
-def build_rows(cfg: ReportConfig) -> list[dict]:
+def build_rows(cfg: ReportConfig, evaluation: dict) -> list[dict]:
     """One row per (method, corpus split): P/R/F1, gap closed, speed-up over the teacher, epoch
     time, KD overhead; over a method's seeds (``report.seeds``) the mean, with the sample standard
     deviation of the score and of the gap closed, and ``n`` the number of seeds.
 
     A method, a seed run or the teacher missing from the evaluation is refused, not left out of
     the table."""
-    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
     groups = method_runs(cfg.methods, cfg.seeds)
     _check_scored(cfg, evaluation, groups)
     times = {run: _run_times(cfg, run) for _, runs in groups for run in runs}
@@ -132,11 +131,10 @@ def _cells(r: dict, seeds: bool) -> list[str]:
             f"{r['epoch_s']:.1f}", f"{r['s_per_1k']:.2f}", _fmt(r["overhead"], ".2f", "x")]
 
 
-def per_type_tables(cfg: ReportConfig) -> list[str]:
+def per_type_tables(cfg: ReportConfig, evaluation: dict) -> list[str]:
     """Markdown lines: for every split whose scores have ``per_type`` (entity F1 by type), one
     table of the split's teacher and every method (the mean over its seeds), one column per type
     with its gold support; nothing when no split has them (POS, trees)."""
-    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
     groups = method_runs(cfg.methods, cfg.seeds)
     lines: list[str] = []
     for key in dict.fromkeys(key for _, runs in groups for key in evaluation[runs[0]]):
@@ -159,9 +157,10 @@ def per_type_tables(cfg: ReportConfig) -> list[str]:
     return lines
 
 
-def render(rows: list[dict], cfg: ReportConfig) -> str:
+def render(rows: list[dict], cfg: ReportConfig, per_type: list[str]) -> str:
     """The markdown report; with ``report.seeds`` the table also has the sample standard
-    deviation of the score and of the gap closed, and the number of seeds."""
+    deviation of the score and of the gap closed, and the number of seeds; ``per_type`` (the
+    lines of `per_type_tables`) follows the chart."""
     seeds = bool(cfg.seeds)
     named = "".join(f", `{t}` for {c}" for c, t in cfg.teachers.items())
     text = (f"Teacher: `{cfg.teacher}`{named}; baseline (no KD): `{cfg.baseline}`. Scores are entity F1 "
@@ -181,7 +180,7 @@ def render(rows: list[dict], cfg: ReportConfig) -> str:
     lines = ["# structkd report", "", text, "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cells(r, seeds)) + " |" for r in rows]
-    lines += ["", f"![scores]({Path(cfg.chart).name})"] + per_type_tables(cfg) + [""]
+    lines += ["", f"![scores]({Path(cfg.chart).name})"] + per_type + [""]
     return "\n".join(lines)
 
 
@@ -229,7 +228,8 @@ def main(
     cfg: ReportConfig = load_config(
         ReportConfig, params_file(params), [section],
         {"out": out, "methods": top_level_methods(params)})
-    rows = build_rows(cfg)
+    evaluation = _read_json(Path(cfg.evaluate), "evaluate")
+    rows = build_rows(cfg, evaluation)
     chart(rows, cfg)
-    Path(cfg.out).write_text(render(rows, cfg), encoding="utf-8")
+    Path(cfg.out).write_text(render(rows, cfg, per_type_tables(cfg, evaluation)), encoding="utf-8")
     console.print(f"wrote {cfg.out} and {cfg.chart}")
