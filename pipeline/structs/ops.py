@@ -12,8 +12,13 @@ __all__ = ["NEG_INF", "log1mexp", "weighted"]
 
 
 def weighted(p: Tensor, phi: Tensor) -> Tensor:
-    """Elementwise ``p * phi`` with 0 wherever ``p == 0`` (so 0 * (-inf) = 0), NaN-free gradients."""
+    """Elementwise ``p * phi`` with 0 wherever ``p == 0`` (so 0 * (-inf) = 0), NaN-free gradients.
+
+    When ``p`` (a teacher's marginals) needs no gradient one ``where`` suffices: phi's gradient is
+    p * where(pos, g, 0), finite; only p's own (phi * g) would be NaN at an unselected -inf."""
     pos = p > 0
+    if not p.requires_grad:
+        return torch.where(pos, p * phi, 0.0)
     return torch.where(pos, p * torch.where(pos, phi, torch.zeros_like(phi)), torch.zeros_like(phi))
 
 
