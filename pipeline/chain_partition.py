@@ -6,15 +6,16 @@
 pass and returns the marginals times the incoming gradient (d log Z / d emissions = node marginals,
 / d transitions = edge marginals summed over positions, / d start and end = node marginals at the
 first and last position). `posteriors` is the same pair of passes for marginals without gradients
-(teacher marginals, the loader). Sentences the scaled check refuses are recomputed by the log-space
-recursions of `pipeline.chain_log`, rows only.
+(teacher marginals, the loader). On CPU, when the C kernels build (`pipeline.native`), log Z and
+its gradient come from the same passes in C (in double: pipeline/csrc/partition.c). Sentences the
+scaled check refuses are recomputed by the log-space recursions of `pipeline.chain_log`, rows only.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from pipeline import chain_log, chain_scaled
+from pipeline import chain_log, chain_scaled, native
 from pipeline.potentials import NEG_INF, Potentials
 
 
@@ -45,12 +46,21 @@ class LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: Potentials, emissions, transitions, start, end):
-        scaled = chain_scaled.forward(p)
-        log_z = scaled.log_z
-        rows = _refused(scaled.ok)
+        cpu32 = p.emissions.device.type == "cpu" and p.emissions.dtype == torch.float32
+        lib = native.load() if cpu32 else None
+        if lib is not None:  # the same passes in C, double inside (pipeline/csrc/partition.c)
+            grad = any(ctx.needs_input_grad[1:])
+            log_z, ok, node, counts = native.log_partition(lib, p.emissions, p.transitions, p.start,
+                                                           p.end, p.lengths, grad)
+            log_z = log_z.to(p.emissions.dtype)
+            ctx.native = (p, ok, node, counts)
+        else:
+            scaled = chain_scaled.forward(p)
+            log_z, ok = scaled.log_z, scaled.ok
+            ctx.native, ctx.scaled = None, scaled
+        rows = _refused(ok)
         if rows is not None:
             log_z[rows] = _log_space(p, rows, edges=False)[2]
-        ctx.scaled = scaled
         return log_z
 
     @staticmethod
@@ -58,13 +68,21 @@ class LogPartition(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the backward itself would be differentiated
             raise RuntimeError("crf.log_partition does not support double backward (its backward is "
                                "written out); backpropagate through crf.marginals instead")
-        scaled = ctx.scaled
-        p = scaled.p
-        chain_scaled.backward(scaled)
-        weight = torch.where(scaled.ok, grad, 0.0)
-        node = torch.where(scaled.ok.view(-1, 1, 1), chain_scaled.node(scaled, log=False), 0.0)
-        counts = chain_scaled.transition_counts(scaled, weight)
-        rows = _refused(scaled.ok)
+        if ctx.native is not None:
+            p, ok, node, counts = ctx.native
+            rows = ok.view(-1, 1, 1)
+            node = torch.where(rows, node, 0.0)
+            counts = torch.where(rows, counts * grad.view(-1, 1, 1), 0.0)
+            if p.transitions.shape[0] == 1:
+                counts = counts.sum(0, keepdim=True)
+        else:
+            scaled = ctx.scaled
+            p = scaled.p
+            chain_scaled.backward(scaled)
+            ok = scaled.ok
+            node = torch.where(ok.view(-1, 1, 1), chain_scaled.node(scaled, log=False), 0.0)
+            counts = chain_scaled.transition_counts(scaled, torch.where(ok, grad, 0.0))
+        rows = _refused(ok)
         if rows is not None:
             log_node, log_edge, _ = _log_space(p, rows, edges=True)
             _put(node, rows, log_node.exp())

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline import kbest_native
+from pipeline import native
 from pipeline.potentials import NEG_INF, RENORM, Potentials
 
 # D is built for this many floats at a time (a chunk of positions); below ~1 MB it stays in cache.
@@ -273,10 +273,10 @@ def _backtrack(p: Potentials, values: Tensor, states: Tensor, k: int,
 def kbest_beam(p: Potentials, k: int) -> tuple[Tensor, Tensor]:
     """The k best paths [B, k, L'] (0 at padding and on rows of score -inf) and their scores [B, k],
     best first. Writes its buffers in place: call it under torch.inference_mode(). CPU batches run
-    the same beam in C (`pipeline.kbest_native`) when a C compiler is there to build it."""
-    lib = kbest_native.load() if p.emissions.device.type == "cpu" else None
+    the same beam in C (`pipeline.native`) when a C compiler is there to build it."""
+    lib = native.load() if p.emissions.device.type == "cpu" else None
     if lib is not None:
-        return kbest_native.kbest(lib, p.emissions, p.transitions, p.start, p.end, p.lengths, k)
+        return native.kbest(lib, p.emissions, p.transitions, p.start, p.end, p.lengths, k)
     sets = None
     if p.emissions.shape[2] >= max(k, PRUNE_LABELS):
         ahead, behind, shifts, mu, offset = _both_passes(p)

@@ -1,5 +1,6 @@
 """The scaled kernels behind crf.log_partition / crf.marginals / crf.viterbi: gradients against
-brute force and float64 gradcheck, the exactness check and its per-sentence log-space fallback."""
+brute force and float64 gradcheck, the exactness check and its per-sentence log-space fallback.
+Every test runs with log Z in C (pipeline/csrc/partition.c, float32 CPU inputs) and in torch."""
 from __future__ import annotations
 
 import itertools
@@ -7,11 +8,21 @@ import itertools
 import pytest
 import torch
 
-from pipeline import chain_partition, chain_scaled, crf
+from pipeline import chain_partition, chain_scaled, crf, native
 from pipeline.potentials import Potentials, prepare
 from tests.crf_oracle import bio_constraints, brute, make_batch, random_constraints
 
 NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True, params=["c", "torch"])
+def kernels(request, monkeypatch):
+    """log Z and its gradient in C, or the torch scaled passes (STRUCTKD_NATIVE=0)."""
+    if request.param == "torch":
+        monkeypatch.setenv("STRUCTKD_NATIVE", "0")
+    elif native.load() is None:
+        pytest.skip("no C compiler to build pipeline/csrc/*.c")
+    return request.param
 
 
 def leaves(em, trans, mask, start, end, dtype=torch.float32):

@@ -1,6 +1,6 @@
 """crf.kbest / crf.viterbi beyond brute force: an independent per-label k-best table on longer
 sentences, the chunked D of pipeline.kbest, gradients and the tensors handed back; every test runs
-on the C beam (pipeline.kbest_native) and on the torch beam (what CUDA tensors and machines
+on the C beam (pipeline.native) and on the torch beam (what CUDA tensors and machines
 without a C compiler run)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline import crf, kbest, kbest_native
+from pipeline import crf, kbest, native
 from pipeline.potentials import prepare
 from tests.crf_oracle import make_batch, random_constraints
 
@@ -22,8 +22,8 @@ def beam(request, monkeypatch):
     """The k-best backend under test: the C beam, or the torch beam (STRUCTKD_NATIVE=0)."""
     if request.param == "torch":
         monkeypatch.setenv("STRUCTKD_NATIVE", "0")
-    elif kbest_native.load() is None:
-        pytest.skip("no C compiler to build pipeline/native/kbest.c")
+    elif native.load() is None:
+        pytest.skip("no C compiler to build pipeline/csrc/kbest.c")
     return request.param
 
 

@@ -227,7 +227,9 @@ def _regarbage(c: O.Case, seed: int) -> O.Case:
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_padding_garbage_and_batching_never_change_results(name):
     c = case(0, student_crf=True, teacher_crf=True, start_end=True, constrained=True)
-    base = run(name, c)
+    # two fresh refills: `case` is cached, so c's student may hold a log Z cached by an earlier
+    # objective from another (equally exact) kernel, which would differ in the last bit
+    base = run(name, _regarbage(c, 3))
     torch.testing.assert_close(run(name, _regarbage(c, 7)), base, rtol=0, atol=0)
     b, n = 0, c.sentences[0].n  # the longest sentence alone, without any padding
     t = c.teacher

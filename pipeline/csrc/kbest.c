@@ -1,4 +1,4 @@
-/* The exact k-best beam of pipeline/kbest.py as one C loop per sentence (pipeline/kbest_native.py
+/* The exact k-best beam of pipeline/kbest.py as one C loop per sentence (pipeline/native.py
  * compiles and loads it; bench/README.md "k-best: a C beam" has the measurements).
  *
  * Per sentence of n words: a backward max pass gives behind[i][a], the best score of everything
