@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
+from pipeline import native
 from pipeline.crf import Constraints
 
 NEG_INF = float("-inf")
@@ -116,3 +118,13 @@ def check_kbest(paths, scores, ranked, mask, k, atol=1e-4):
         codes = (paths[b, finite, :n] * digits).sum(1)
         assert len(set(codes.tolist())) == len(codes)
         close(scores[b, finite], by_code[codes], atol=atol)
+
+
+def use_kernels(which: str, monkeypatch) -> str:
+    """Run a test on the C kernels (pipeline/csrc, skipped without a compiler) or on the torch ones
+    (STRUCTKD_NATIVE=0); ``which`` is "c" or "torch"."""
+    if which == "torch":
+        monkeypatch.setenv("STRUCTKD_NATIVE", "0")
+    elif native.load() is None:
+        pytest.skip("no C compiler to build pipeline/csrc/*.c")
+    return which

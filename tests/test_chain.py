@@ -8,9 +8,9 @@ import itertools
 import pytest
 import torch
 
-from pipeline import chain_partition, chain_scaled, crf, native
+from pipeline import chain_partition, chain_scaled, crf
 from pipeline.potentials import Potentials, prepare
-from tests.crf_oracle import bio_constraints, brute, make_batch, random_constraints
+from tests.crf_oracle import bio_constraints, brute, make_batch, random_constraints, use_kernels
 
 NEG_INF = float("-inf")
 
@@ -18,11 +18,7 @@ NEG_INF = float("-inf")
 @pytest.fixture(autouse=True, params=["c", "torch"])
 def kernels(request, monkeypatch):
     """log Z and its gradient in C, or the torch scaled passes (STRUCTKD_NATIVE=0)."""
-    if request.param == "torch":
-        monkeypatch.setenv("STRUCTKD_NATIVE", "0")
-    elif native.load() is None:
-        pytest.skip("no C compiler to build pipeline/csrc/*.c")
-    return request.param
+    return use_kernels(request.param, monkeypatch)
 
 
 def leaves(em, trans, mask, start, end, dtype=torch.float32):

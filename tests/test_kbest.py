@@ -10,9 +10,9 @@ import itertools
 import pytest
 import torch
 
-from pipeline import crf, kbest, native
+from pipeline import crf, kbest
 from pipeline.potentials import prepare
-from tests.crf_oracle import make_batch, random_constraints
+from tests.crf_oracle import make_batch, random_constraints, use_kernels
 
 NEG_INF = float("-inf")
 
@@ -20,11 +20,7 @@ NEG_INF = float("-inf")
 @pytest.fixture(autouse=True, params=["c", "torch"])
 def beam(request, monkeypatch):
     """The k-best backend under test: the C beam, or the torch beam (STRUCTKD_NATIVE=0)."""
-    if request.param == "torch":
-        monkeypatch.setenv("STRUCTKD_NATIVE", "0")
-    elif native.load() is None:
-        pytest.skip("no C compiler to build pipeline/csrc/kbest.c")
-    return request.param
+    return use_kernels(request.param, monkeypatch)
 
 
 def table_kbest(em, trans, start, end, k, constraints=None):
