@@ -82,8 +82,14 @@ def load() -> ctypes.CDLL | None:
     return lib
 
 
-def _shapes(em: Tensor, trans: Tensor, first: Tensor, last: Tensor, lengths: Tensor) -> None:
-    """The layouts the C code indexes blindly: ValueError for anything else."""
+def _inputs(emissions: Tensor, transitions: Tensor, start: Tensor, end: Tensor,
+            lengths: Tensor) -> tuple[tuple[Tensor, ...], list[int]]:
+    """The contiguous float32 / int64 copies (kept alive by the caller during the call) and the
+    leading arguments both C entry points take (five pointers, B, L, T, TB, SB, EB). ValueError for
+    a layout the C code would misread."""
+    em = emissions.float().contiguous()
+    trans, first, last = (x.float().contiguous() for x in (transitions, start, end))
+    lengths = lengths.long().contiguous()
     batch, length, num_labels = em.shape
     rows = {1, batch}
     if (trans.dim() != 3 or trans.shape[0] not in rows or trans.shape[1:] != (num_labels, num_labels)
@@ -92,6 +98,9 @@ def _shapes(em: Tensor, trans: Tensor, first: Tensor, last: Tensor, lengths: Ten
         raise ValueError(f"native CRF kernels: emissions {tuple(em.shape)} with transitions "
                          f"{tuple(trans.shape)}, start {tuple(first.shape)}, end {tuple(last.shape)}, "
                          f"lengths {tuple(lengths.shape)}: expected [B or 1, T, T], [B or 1, T] and [B] <= L")
+    kept = (em, trans, first, last, lengths)
+    return kept, [x.data_ptr() for x in kept] + [batch, length, num_labels, trans.shape[0],
+                                                 first.shape[0], last.shape[0]]
 
 
 def kbest(lib: ctypes.CDLL, emissions: Tensor, transitions: Tensor, start: Tensor, end: Tensor,
@@ -99,17 +108,11 @@ def kbest(lib: ctypes.CDLL, emissions: Tensor, transitions: Tensor, start: Tenso
     """Paths [B, k, L] (long, 0 at padding and on rows of score -inf) and scores [B, k] (float32,
     best first) of prepared CPU potentials: emissions [B, L, T], transitions [B or 1, T, T], start
     and end [B or 1, T], lengths [B]."""
-    em = emissions.float().contiguous()
-    trans, first, last = (x.float().contiguous() for x in (transitions, start, end))
-    lengths = lengths.long().contiguous()
-    _shapes(em, trans, first, last, lengths)
-    batch, length, num_labels = em.shape
+    kept, args = _inputs(emissions, transitions, start, end, lengths)
+    batch, length, num_labels = kept[0].shape
     paths = torch.zeros(batch, k, length, dtype=torch.long)
     scores = torch.empty(batch, k, dtype=torch.float32)
-    status = lib.structkd_kbest(em.data_ptr(), trans.data_ptr(), first.data_ptr(), last.data_ptr(),
-                                lengths.data_ptr(), batch, length, num_labels, trans.shape[0],
-                                first.shape[0], last.shape[0], k, paths.data_ptr(), scores.data_ptr())
-    if status != 0:
+    if lib.structkd_kbest(*args, k, paths.data_ptr(), scores.data_ptr()) != 0:
         raise MemoryError(f"k-best (k={k}) of a [{batch}, {length}, {num_labels}] batch: out of memory")
     return paths, scores
 
@@ -119,19 +122,14 @@ def log_partition(lib: ctypes.CDLL, emissions: Tensor, transitions: Tensor, star
     """log Z [B] (float64), ok [B] (bool: the exactness check of partition.c passed; the others
     need the log-space recursions) and, with ``grad``, node marginals [B, L, T] and per-sentence
     transition counts [B, T, T] (float32, zero for sentences not ok) of prepared CPU potentials."""
-    em = emissions.float().contiguous()
-    trans, first, last = (x.float().contiguous() for x in (transitions, start, end))
-    lengths = lengths.long().contiguous()
-    _shapes(em, trans, first, last, lengths)
-    batch, length, num_labels = em.shape
+    kept, args = _inputs(emissions, transitions, start, end, lengths)
+    batch, length, num_labels = kept[0].shape
     log_z = torch.empty(batch, dtype=torch.float64)
     ok = torch.empty(batch, dtype=torch.uint8)
     node = torch.zeros(batch, length, num_labels) if grad else None
     counts = torch.zeros(batch, num_labels, num_labels) if grad else None
-    status = lib.structkd_log_partition(em.data_ptr(), trans.data_ptr(), first.data_ptr(), last.data_ptr(),
-                                        lengths.data_ptr(), batch, length, num_labels, trans.shape[0],
-                                        first.shape[0], last.shape[0], int(grad), log_z.data_ptr(),
-                                        ok.data_ptr(), 0 if node is None else node.data_ptr(),
+    status = lib.structkd_log_partition(*args, int(grad), log_z.data_ptr(), ok.data_ptr(),
+                                        0 if node is None else node.data_ptr(),
                                         0 if counts is None else counts.data_ptr())
     if status != 0:
         raise MemoryError(f"log Z of a [{batch}, {length}, {num_labels}] batch: out of memory")
